@@ -1,0 +1,15 @@
+//! The EVSE manager (`evos run evse`).
+//!
+//! Per EVSE it runs the IEC 61851-1 charging state machine
+//! ([`state_machine`]) against a [`evos_hal::SafetyBoard`], authorizes tokens
+//! ([`auth`]), persists sessions ([`session_store`]) and serves
+//! `org.evos.Evse1` ([`service`]).
+
+pub mod auth;
+pub mod config;
+pub mod service;
+pub mod session_store;
+pub mod state_machine;
+
+pub use config::Config;
+pub use service::run;

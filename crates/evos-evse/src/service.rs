@@ -1,0 +1,503 @@
+//! The `evse` service: one driver task per EVSE joins its safety board, its
+//! state machine, its session store and its `org.evos.Evse1` object.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use evos_bus::evse::{self as contract, SessionRecord};
+use evos_hal::mcu::{KEEPALIVE_PERIOD_MS, KEEPALIVE_TIMEOUT_MS, LinkAddress, McuBoard};
+use evos_hal::{BoardEvent, SafetyBoard};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until};
+use zbus::object_server::{InterfaceRef, SignalEmitter};
+use zbus::{fdo, interface};
+
+use crate::auth::{AuthStatus, Authorizer};
+use crate::config::{Config, EvseConfig, Kind};
+use crate::session_store::{SessionStore, StoreError};
+use crate::state_machine::{
+    Effect, Evse, Input, Limit, LimitUnit, Now, Outputs, Refusal, Spec, StopReason,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("D-Bus: {0}")]
+    Bus(#[from] zbus::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("evse.evse: {0}")]
+    Link(#[from] evos_hal::HalError),
+}
+
+fn now() -> Now {
+    let wall_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    Now { mono: Instant::now(), wall_ms }
+}
+
+/// What `org.evos.Evse1` shows; the driver publishes a new one after every
+/// transition.
+#[derive(Debug, Clone, PartialEq)]
+struct Snapshot {
+    status: String,
+    cp_state: String,
+    offered_current: f64,
+    power_w: f64,
+    session_energy_wh: f64,
+    session_id: String,
+    fault: String,
+    charging_limit: (f64, String),
+}
+
+impl Snapshot {
+    fn of(evse: &Evse, last_session_energy: f64) -> Self {
+        let outputs = evse.outputs();
+        let session = evse.session();
+        Snapshot {
+            status: evse.status().as_str().into(),
+            cp_state: evse.cp_state().map(|c| c.to_string()).unwrap_or_default(),
+            offered_current: outputs.pwm.offered_current(),
+            power_w: evse.measurement().map_or(0.0, |m| m.power_w()),
+            session_energy_wh: session.map_or(last_session_energy, SessionRecord::energy_wh),
+            session_id: session.map(|s| s.id.clone()).unwrap_or_default(),
+            fault: evse.fault().map(|f| f.as_str().to_owned()).unwrap_or_default(),
+            charging_limit: evse
+                .limit()
+                .map_or((0.0, String::new()), |l| (l.value, l.unit.as_str().to_owned())),
+        }
+    }
+}
+
+enum Request {
+    Input(Input, oneshot::Sender<Result<Option<String>, Refusal>>),
+    Sessions(oneshot::Sender<Vec<SessionRecord>>),
+}
+
+/// The `org.evos.Evse1` object of one EVSE.
+struct EvseObject {
+    id: u32,
+    kind: Kind,
+    snapshot: watch::Receiver<Snapshot>,
+    requests: mpsc::Sender<Request>,
+}
+
+impl EvseObject {
+    async fn ask(&self, input: Input) -> Result<Option<String>, evos_bus::Error> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || evos_bus::Error::Failed("the EVSE driver stopped".into());
+        self.requests.send(Request::Input(input, tx)).await.map_err(|_| gone())?;
+        match rx.await.map_err(|_| gone())? {
+            Ok(answer) => Ok(answer),
+            Err(Refusal::NotPermitted(why)) => Err(evos_bus::Error::NotPermitted(why)),
+            Err(Refusal::Busy(why)) => Err(evos_bus::Error::Busy(why)),
+        }
+    }
+}
+
+fn non_empty_token(token: &str) -> Result<String, evos_bus::Error> {
+    let token = token.trim();
+    if token.is_empty() || token.len() > 64 {
+        return Err(evos_bus::Error::InvalidArgument("a token has 1 to 64 characters".into()));
+    }
+    Ok(token.to_owned())
+}
+
+#[interface(name = "org.evos.Evse1")]
+impl EvseObject {
+    async fn present_token(&self, token: &str) -> Result<String, evos_bus::Error> {
+        let token = non_empty_token(token)?;
+        Ok(self.ask(Input::Token(token)).await?.unwrap_or_else(|| "Accepted".into()))
+    }
+
+    async fn start_session(&self, token: &str) -> Result<(), evos_bus::Error> {
+        let token = non_empty_token(token)?;
+        self.ask(Input::RemoteStart(token)).await.map(drop)
+    }
+
+    async fn stop_session(&self, reason: &str) -> Result<(), evos_bus::Error> {
+        let reason = StopReason::parse(reason)
+            .ok_or_else(|| evos_bus::Error::InvalidArgument(format!("unknown stop reason `{reason}`")))?;
+        self.ask(Input::Stop(reason)).await.map(drop)
+    }
+
+    async fn set_charging_limit(&self, value: f64, unit: &str, duration_s: u32) -> Result<(), evos_bus::Error> {
+        let unit = match unit {
+            "A" => LimitUnit::Amps,
+            "W" => LimitUnit::Watts,
+            other => return Err(evos_bus::Error::InvalidArgument(format!("unit `{other}`: expected A or W"))),
+        };
+        if !value.is_finite() || value < 0.0 {
+            return Err(evos_bus::Error::InvalidArgument(format!("limit {value} is not a non-negative number")));
+        }
+        let expires = (duration_s > 0).then(|| Instant::now() + Duration::from_secs(duration_s.into()));
+        self.ask(Input::SetLimit(Some(Limit { value, unit, expires }))).await.map(drop)
+    }
+
+    async fn clear_charging_limit(&self) -> Result<(), evos_bus::Error> {
+        self.ask(Input::SetLimit(None)).await.map(drop)
+    }
+
+    async fn set_available(&self, available: bool) -> Result<(), evos_bus::Error> {
+        self.ask(Input::SetAvailable(available)).await.map(drop)
+    }
+
+    async fn sessions(&self) -> Result<Vec<SessionRecord>, evos_bus::Error> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || evos_bus::Error::Failed("the EVSE driver stopped".into());
+        self.requests.send(Request::Sessions(tx)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+
+    #[zbus(signal)]
+    async fn session_started(emitter: &SignalEmitter<'_>, record: SessionRecord) -> zbus::Result<()>;
+    #[zbus(signal)]
+    async fn session_ended(emitter: &SignalEmitter<'_>, record: SessionRecord) -> zbus::Result<()>;
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn id(&self) -> u32 {
+        self.id
+    }
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn kind(&self) -> String {
+        self.kind.as_str().into()
+    }
+    #[zbus(property)]
+    fn status(&self) -> String {
+        self.snapshot.borrow().status.clone()
+    }
+    #[zbus(property)]
+    fn cp_state(&self) -> String {
+        self.snapshot.borrow().cp_state.clone()
+    }
+    #[zbus(property)]
+    fn offered_current(&self) -> f64 {
+        self.snapshot.borrow().offered_current
+    }
+    #[zbus(property)]
+    fn power_w(&self) -> f64 {
+        self.snapshot.borrow().power_w
+    }
+    #[zbus(property)]
+    fn session_energy_wh(&self) -> f64 {
+        self.snapshot.borrow().session_energy_wh
+    }
+    #[zbus(property)]
+    fn session_id(&self) -> String {
+        self.snapshot.borrow().session_id.clone()
+    }
+    #[zbus(property)]
+    fn fault(&self) -> String {
+        self.snapshot.borrow().fault.clone()
+    }
+    #[zbus(property)]
+    fn charging_limit(&self) -> (f64, String) {
+        self.snapshot.borrow().charging_limit.clone()
+    }
+}
+
+/// Run the service until SIGTERM or Ctrl-C.
+pub async fn run(config: Config, state_dir: &Path, bus_address: Option<&str>) -> Result<(), ServiceError> {
+    let authorizer = Authorizer::from_config(&config);
+    let store_dir = state_dir.join("sessions");
+    let mut drivers = Vec::new();
+    let mut builder = evos_bus::connection_builder(bus_address)
+        .serve_at(contract::ROOT_PATH, fdo::ObjectManager);
+    for evse_config in &config.evse {
+        let link: LinkAddress = evse_config.link.parse()?;
+        let store = SessionStore::open(&store_dir, evse_config.id)?;
+        let spec = spec_of(evse_config, &config);
+        let machine = Evse::new(spec, store.active().cloned(), now());
+        let last_energy = store.history().last().map_or(0.0, SessionRecord::energy_wh);
+        let (snapshot_tx, snapshot) = watch::channel(Snapshot::of(&machine, last_energy));
+        let (requests_tx, requests) = mpsc::channel(16);
+        builder = builder.serve_at(
+            contract::path(evse_config.id),
+            EvseObject { id: evse_config.id, kind: evse_config.kind, snapshot, requests: requests_tx },
+        );
+        drivers.push(Driver {
+            link,
+            machine,
+            store,
+            authorizer: authorizer.clone(),
+            requests,
+            snapshot: snapshot_tx,
+            last_energy,
+            iface: None,
+        });
+    }
+    let connection = builder.name(contract::BUS_NAME).build().await?;
+    let mut tasks = JoinSet::new();
+    for mut driver in drivers {
+        let id = driver.machine.spec().id;
+        driver.iface = Some(connection.object_server().interface(contract::path(id)).await?);
+        tasks.spawn(driver.run());
+    }
+    evos_service::notify::ready(&format!("{} EVSE(s) on the bus", config.evse.len()));
+    tracing::info!(evses = config.evse.len(), "evse service ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| zbus::Error::Failure(format!("cannot catch SIGTERM: {e}")))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        Some(done) = tasks.join_next() => {
+            tracing::error!("an EVSE driver stopped: {done:?}");
+        }
+    }
+    evos_service::notify::stopping();
+    tracing::info!("evse service stopping");
+    Ok(())
+}
+
+fn spec_of(e: &EvseConfig, config: &Config) -> Spec {
+    Spec {
+        id: e.id,
+        kind: e.kind,
+        max_current_a: e.max_current_a,
+        phases: e.phases,
+        socket: e.socket,
+        nominal_voltage_v: e.nominal_voltage_v,
+        connection_timeout: Duration::from_secs(config.connection_timeout_s.into()),
+        free_vend: Authorizer::from_config(config).is_free_vend(),
+    }
+}
+
+struct Driver {
+    link: LinkAddress,
+    machine: Evse,
+    store: SessionStore,
+    authorizer: Authorizer,
+    requests: mpsc::Receiver<Request>,
+    snapshot: watch::Sender<Snapshot>,
+    last_energy: f64,
+    iface: Option<InterfaceRef<EvseObject>>,
+}
+
+/// Answers owed to `PresentToken` callers, by token.
+type TokenWaiters = Vec<(String, oneshot::Sender<Result<Option<String>, Refusal>>)>;
+
+async fn next_event(board: &mut Option<McuBoard>) -> evos_hal::Result<BoardEvent> {
+    match board {
+        Some(b) => b.next_event().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let id = self.machine.spec().id;
+        let mut board: Option<McuBoard> = None;
+        let mut applied: Option<Outputs> = None;
+        let mut backoff = Duration::from_millis(50);
+        let mut reconnect_at = Instant::now();
+        // The MCU keeps its outputs until its keep-alive times out; only a
+        // link down longer than that is a fault.
+        let mut down_since: Option<Instant> = Some(Instant::now());
+        let link_fault_after = Duration::from_millis(KEEPALIVE_TIMEOUT_MS);
+        let mut keepalive = tokio::time::interval(Duration::from_millis(KEEPALIVE_PERIOD_MS));
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut auth_tasks: JoinSet<(String, AuthStatus)> = JoinSet::new();
+        let mut waiters: TokenWaiters = Vec::new();
+        let mut link_fault_reported = false;
+
+        loop {
+            let deadline = self.machine.next_deadline();
+            let link_deadline = down_since.filter(|_| !link_fault_reported).map(|t| t + link_fault_after);
+            let mut reply = None;
+            let input = tokio::select! {
+                event = next_event(&mut board) => match event {
+                    Ok(BoardEvent::Status(s)) => Input::Board(s),
+                    Ok(BoardEvent::Measurement(m)) => Input::Measurement(m),
+                    Ok(BoardEvent::Token(t)) => Input::Token(t),
+                    Err(e) => {
+                        tracing::warn!(evse = id, "safety board link lost: {e}");
+                        board = None;
+                        applied = None;
+                        down_since = Some(Instant::now());
+                        reconnect_at = Instant::now() + backoff;
+                        continue;
+                    }
+                },
+                _ = sleep_until(reconnect_at), if board.is_none() => {
+                    match McuBoard::connect(&self.link).await {
+                        Ok(b) => {
+                            tracing::info!(evse = id, link = %self.link, "safety board connected");
+                            board = Some(b);
+                            backoff = Duration::from_millis(50);
+                            down_since = None;
+                            link_fault_reported = false;
+                        }
+                        Err(e) => {
+                            if backoff >= Duration::from_secs(2) {
+                                tracing::warn!(evse = id, "safety board unreachable: {e}");
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            reconnect_at = Instant::now() + backoff;
+                        }
+                    }
+                    continue;
+                }
+                _ = sleep_until(link_deadline.unwrap_or_else(Instant::now)), if link_deadline.is_some() => {
+                    link_fault_reported = true;
+                    Input::LinkDown
+                }
+                _ = keepalive.tick(), if board.is_some() => {
+                    if let Some(b) = board.as_mut()
+                        && let Err(e) = b.keep_alive().await
+                    {
+                        tracing::warn!(evse = id, "keep-alive failed: {e}");
+                    }
+                    continue;
+                }
+                Some(request) = self.requests.recv() => match request {
+                    Request::Input(input, tx) => {
+                        reply = Some((input.clone(), tx));
+                        input
+                    }
+                    Request::Sessions(tx) => {
+                        let mut all: Vec<SessionRecord> = self.store.history().cloned().collect();
+                        all.extend(self.machine.session().cloned());
+                        let _ = tx.send(all);
+                        continue;
+                    }
+                },
+                Some(Ok((token, status))) = auth_tasks.join_next() => {
+                    let accepted = status == AuthStatus::Accepted;
+                    let input = Input::AuthResult { token: token.clone(), accepted };
+                    if let Err(refusal) = self.step(input, &mut auth_tasks).await {
+                        tracing::warn!(evse = id, "authorization result refused: {refusal}");
+                    }
+                    for (_, tx) in waiters.extract_if(.., |(t, _)| *t == token) {
+                        let _ = tx.send(Ok(Some(status.as_str().to_owned())));
+                    }
+                    self.apply(&mut board, &mut applied).await;
+                    continue;
+                }
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Input::Tick,
+            };
+
+            let before = self.machine.status();
+            let result = self.step(input, &mut auth_tasks).await;
+            if let Some((input, tx)) = reply {
+                match (input, result) {
+                    (Input::Token(token), Ok(true)) => waiters.push((token, tx)),
+                    (Input::Token(_), Ok(false)) if self.machine.status() == before => {
+                        let _ = tx.send(Err(Refusal::NotPermitted(format!("token not taken while {}", before.as_str()))));
+                    }
+                    (_, Ok(_)) => {
+                        let _ = tx.send(Ok(None));
+                    }
+                    (_, Err(refusal)) => {
+                        let _ = tx.send(Err(refusal));
+                    }
+                }
+            }
+            self.apply(&mut board, &mut applied).await;
+        }
+    }
+
+    /// Feed one input; carry out its effects; publish. Returns whether an
+    /// authorization was started.
+    async fn step(&mut self, input: Input, auth_tasks: &mut JoinSet<(String, AuthStatus)>) -> Result<bool, Refusal> {
+        let effects = self.machine.handle(input, now())?;
+        let mut authorizing = false;
+        for effect in effects {
+            match effect {
+                Effect::Authorize(token) => {
+                    authorizing = true;
+                    let authorizer = self.authorizer.clone();
+                    let id = self.machine.spec().id;
+                    auth_tasks.spawn(async move {
+                        let status = authorizer.authorize(id, &token).await;
+                        (token, status)
+                    });
+                }
+                Effect::SessionStarted(record) => {
+                    // Persist before telling anyone: a crash now still knows the session.
+                    if let Err(e) = self.store.started(&record) {
+                        tracing::error!("cannot persist session start: {e}");
+                    }
+                    self.emit(|emitter| async move { EvseObject::session_started(&emitter, record).await }).await;
+                }
+                Effect::SessionEnded(record) => {
+                    if let Err(e) = self.store.ended(&record) {
+                        tracing::error!("cannot persist session end: {e}");
+                    }
+                    self.last_energy = record.energy_wh();
+                    self.emit(|emitter| async move { EvseObject::session_ended(&emitter, record).await }).await;
+                }
+            }
+        }
+        self.publish().await;
+        Ok(authorizing)
+    }
+
+    async fn emit<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(SignalEmitter<'static>) -> Fut,
+        Fut: std::future::Future<Output = zbus::Result<()>>,
+    {
+        if let Some(iface) = &self.iface
+            && let Err(e) = f(iface.signal_emitter().clone()).await
+        {
+            tracing::warn!("cannot emit signal: {e}");
+        }
+    }
+
+    /// Publish the new snapshot and PropertiesChanged for what changed.
+    async fn publish(&mut self) {
+        let new = Snapshot::of(&self.machine, self.last_energy);
+        let old = self.snapshot.borrow().clone();
+        if new == old {
+            return;
+        }
+        self.snapshot.send_replace(new.clone());
+        let Some(iface) = &self.iface else { return };
+        let emitter = iface.signal_emitter();
+        let object = iface.get().await;
+        let results = [
+            if new.status != old.status { Some(object.status_changed(emitter).await) } else { None },
+            if new.cp_state != old.cp_state { Some(object.cp_state_changed(emitter).await) } else { None },
+            if new.offered_current != old.offered_current { Some(object.offered_current_changed(emitter).await) } else { None },
+            if new.power_w != old.power_w { Some(object.power_w_changed(emitter).await) } else { None },
+            if new.session_energy_wh != old.session_energy_wh { Some(object.session_energy_wh_changed(emitter).await) } else { None },
+            if new.session_id != old.session_id { Some(object.session_id_changed(emitter).await) } else { None },
+            if new.fault != old.fault { Some(object.fault_changed(emitter).await) } else { None },
+            if new.charging_limit != old.charging_limit { Some(object.charging_limit_changed(emitter).await) } else { None },
+        ];
+        for result in results.into_iter().flatten() {
+            if let Err(e) = result {
+                tracing::warn!("cannot emit PropertiesChanged: {e}");
+            }
+        }
+        if new.status != old.status {
+            tracing::info!(evse = self.machine.spec().id, status = new.status, "status");
+        }
+    }
+
+    /// Drive the board to the outputs the state asks for, sending only what changed.
+    async fn apply(&self, board: &mut Option<McuBoard>, applied: &mut Option<Outputs>) {
+        let Some(b) = board.as_mut() else { return };
+        let want = self.machine.outputs();
+        let have = *applied;
+        let spec = self.machine.spec();
+        // Open contactors before the pilot changes; close them after it.
+        let mut result = Ok(());
+        if have.map(|h| h.contactors) != Some(want.contactors) && !want.contactors {
+            result = result.and(b.set_contactors(false, spec.phases).await);
+        }
+        if have.map(|h| h.lock) != Some(want.lock) {
+            result = result.and(b.set_lock(want.lock).await);
+        }
+        if have.map(|h| h.pwm) != Some(want.pwm) {
+            result = result.and(b.set_pwm(want.pwm).await);
+        }
+        if have.map(|h| h.contactors) != Some(want.contactors) && want.contactors {
+            result = result.and(b.set_contactors(true, spec.phases).await);
+        }
+        match result {
+            Ok(()) => *applied = Some(want),
+            Err(e) => tracing::warn!(evse = spec.id, "cannot drive the safety board: {e}"),
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Session records that survive a crash or a power cut.
+//!
+//! Per EVSE, `active-<id>.json` holds the active session (replaced
+//! atomically) and `history-<id>.jsonl` the ended ones, appended and fsynced.
+//! Ending a session appends to the history first and removes the active file
+//! second; a crash between the two leaves an active file whose id is already
+//! in the history, which [`SessionStore::open`] recognises as ended.
+//! The meter register is the source of energy, so the active record is not
+//! rewritten as energy flows.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use evos_bus::evse::SessionRecord;
+use evos_service::persist::write_atomic;
+
+/// Ended sessions kept per EVSE.
+const HISTORY_KEEP: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+#[error("session store {path}: {source}")]
+pub struct StoreError {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+fn err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError { path: path.to_owned(), source }
+}
+
+#[derive(Debug)]
+pub struct SessionStore {
+    active_path: PathBuf,
+    history_path: PathBuf,
+    active: Option<SessionRecord>,
+    history: VecDeque<SessionRecord>,
+}
+
+impl SessionStore {
+    pub fn open(dir: &Path, evse: u32) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(err(dir))?;
+        let active_path = dir.join(format!("active-{evse}.json"));
+        let history_path = dir.join(format!("history-{evse}.jsonl"));
+        let mut history = VecDeque::new();
+        match std::fs::read_to_string(&history_path) {
+            Ok(text) => {
+                for (n, line) in text.lines().enumerate() {
+                    match serde_json::from_str::<SessionRecord>(line) {
+                        Ok(record) => history.push_back(record),
+                        // Only the last line can be torn by a power cut.
+                        Err(e) => tracing::warn!(path = %history_path.display(), line = n + 1, "skipped an unreadable session record: {e}"),
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(&history_path)(e)),
+        }
+        let active = match std::fs::read(&active_path) {
+            Ok(bytes) => match serde_json::from_slice::<SessionRecord>(&bytes) {
+                Ok(record) if history.iter().any(|h| h.id == record.id) => None,
+                Ok(record) => Some(record),
+                Err(e) => {
+                    tracing::error!(path = %active_path.display(), "active session record is unreadable: {e}");
+                    None
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(err(&active_path)(e)),
+        };
+        let mut store = SessionStore { active_path, history_path, active, history };
+        if store.active.is_none() {
+            store.remove_active()?;
+        }
+        if store.history.len() > HISTORY_KEEP * 2 {
+            store.compact()?;
+        }
+        Ok(store)
+    }
+
+    pub fn active(&self) -> Option<&SessionRecord> {
+        self.active.as_ref()
+    }
+
+    pub fn history(&self) -> impl Iterator<Item = &SessionRecord> {
+        self.history.iter()
+    }
+
+    pub fn started(&mut self, record: &SessionRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(record).map_err(|e| err(&self.active_path)(e.into()))?;
+        write_atomic(&self.active_path, &json).map_err(err(&self.active_path))?;
+        self.active = Some(record.clone());
+        Ok(())
+    }
+
+    pub fn ended(&mut self, record: &SessionRecord) -> Result<(), StoreError> {
+        let mut line = serde_json::to_vec(record).map_err(|e| err(&self.history_path)(e.into()))?;
+        line.push(b'\n');
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.history_path)
+            .map_err(err(&self.history_path))?;
+        file.write_all(&line).map_err(err(&self.history_path))?;
+        file.sync_all().map_err(err(&self.history_path))?;
+        self.history.push_back(record.clone());
+        self.active = None;
+        self.remove_active()?;
+        if self.history.len() > HISTORY_KEEP * 2 {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    fn remove_active(&self) -> Result<(), StoreError> {
+        match std::fs::remove_file(&self.active_path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(err(&self.active_path)(e)),
+        }
+    }
+
+    fn compact(&mut self) -> Result<(), StoreError> {
+        while self.history.len() > HISTORY_KEEP {
+            self.history.pop_front();
+        }
+        let mut text = Vec::new();
+        for record in &self.history {
+            serde_json::to_writer(&mut text, record).map_err(|e| err(&self.history_path)(e.into()))?;
+            text.push(b'\n');
+        }
+        write_atomic(&self.history_path, &text).map_err(err(&self.history_path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, ended_ms: i64) -> SessionRecord {
+        SessionRecord {
+            id: id.into(),
+            evse: 1,
+            token: "T".into(),
+            started_ms: 1,
+            ended_ms,
+            start_meter_wh: 10.0,
+            stop_meter_wh: 20.0,
+            stop_reason: if ended_ms > 0 { "Local".into() } else { String::new() },
+            fault: String::new(),
+        }
+    }
+
+    #[test]
+    fn active_survives_reopen_and_ends_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SessionStore::open(dir.path(), 1).unwrap();
+        store.started(&record("a", 0)).unwrap();
+        let mut store = SessionStore::open(dir.path(), 1).unwrap();
+        assert_eq!(store.active().unwrap().id, "a");
+        store.ended(&record("a", 5)).unwrap();
+        let store = SessionStore::open(dir.path(), 1).unwrap();
+        assert!(store.active().is_none());
+        assert_eq!(store.history().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn crash_between_history_and_active_removal_is_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SessionStore::open(dir.path(), 1).unwrap();
+        store.started(&record("a", 0)).unwrap();
+        let active = std::fs::read(dir.path().join("active-1.json")).unwrap();
+        store.ended(&record("a", 5)).unwrap();
+        std::fs::write(dir.path().join("active-1.json"), active).unwrap();
+        let store = SessionStore::open(dir.path(), 1).unwrap();
+        assert!(store.active().is_none(), "the session ended already");
+        assert_eq!(store.history().count(), 1);
+    }
+
+    #[test]
+    fn torn_last_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SessionStore::open(dir.path(), 1).unwrap();
+        store.ended(&record("a", 5)).unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("history-1.jsonl")).unwrap();
+        f.write_all(b"{\"id\":\"b\",\"ev").unwrap();
+        let store = SessionStore::open(dir.path(), 1).unwrap();
+        assert_eq!(store.history().count(), 1);
+    }
+}

@@ -1,0 +1,397 @@
+//! One simulated EVSE: the safety MCU's firmware (answering the real MCU
+//! protocol from `evos_hal::mcu` on a Unix socket), the EV plugged into it,
+//! and the electrical physics between them.
+//!
+//! Like a real MCU it enforces safety on its own: contactors open when the
+//! RCD trips, when the EV leaves state C/D, and when the host's keep-alives
+//! stop for `KEEPALIVE_TIMEOUT_MS`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use evos_bus::sim::SimEvse;
+use evos_hal::mcu::{HostMessage, KEEPALIVE_TIMEOUT_MS, McuMessage, McuStream, NackReason};
+use evos_hal::{BoardStatus, CpState, HalError, LockState, Measurement, PwmOutput};
+use tokio::io::Empty;
+use tokio::net::UnixListener;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
+
+use crate::ev::{Ev, EvProfile};
+
+/// Nominal phase voltage of the simulated grid (V).
+const GRID_V: f64 = 230.0;
+/// Physics step while energy flows.
+const PHYSICS_STEP: Duration = Duration::from_millis(100);
+/// How often the MCU reports its metering while energy flows.
+const MEASUREMENT_EVERY: u32 = 5;
+
+#[derive(Debug, Clone)]
+pub struct SimEvseSpec {
+    pub id: u32,
+    pub socket_path: PathBuf,
+    /// A socket outlet (lock, PP) rather than a tethered cable.
+    pub socket_outlet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    Rcd,
+    Welded,
+    Lock,
+    Diode,
+    StateE,
+    StateF,
+}
+
+impl FaultKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "rcd" => FaultKind::Rcd,
+            "welded" => FaultKind::Welded,
+            "lock" => FaultKind::Lock,
+            "diode" => FaultKind::Diode,
+            "state-e" => FaultKind::StateE,
+            "state-f" => FaultKind::StateF,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Rcd => "rcd",
+            FaultKind::Welded => "welded",
+            FaultKind::Lock => "lock",
+            FaultKind::Diode => "diode",
+            FaultKind::StateE => "state-e",
+            FaultKind::StateF => "state-f",
+        }
+    }
+}
+
+pub type Reply = oneshot::Sender<Result<(), evos_bus::Error>>;
+
+pub enum Command {
+    Plug(&'static EvProfile, Reply),
+    Unplug(Reply),
+    Swipe(String, Reply),
+    Fault(FaultKind, Reply),
+    Clear(Reply),
+    Snapshot(oneshot::Sender<SimEvse>),
+}
+
+/// The MCU's outputs as the host commanded them.
+#[derive(Debug, Default)]
+struct Commanded {
+    pwm: Option<PwmOutput>,
+    contactors: bool,
+    lock: bool,
+}
+
+struct World {
+    spec: SimEvseSpec,
+    time_scale: f64,
+    ev: Option<Ev>,
+    commanded: Commanded,
+    faults: BTreeSet<FaultKind>,
+    /// Welded contacts stay where they were when the fault struck.
+    welded_closed: bool,
+    meter_wh: f64,
+    last_keepalive: Option<Instant>,
+}
+
+impl World {
+    fn pwm(&self) -> PwmOutput {
+        if self.keepalive_expired() { PwmOutput::Off } else { self.commanded.pwm.unwrap_or(PwmOutput::Off) }
+    }
+
+    fn keepalive_expired(&self) -> bool {
+        self.last_keepalive
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(KEEPALIVE_TIMEOUT_MS))
+    }
+
+    fn cp(&self) -> CpState {
+        if self.faults.contains(&FaultKind::StateF) {
+            return CpState::F;
+        }
+        let Some(ev) = &self.ev else { return CpState::A };
+        if self.faults.contains(&FaultKind::StateE) {
+            return CpState::E;
+        }
+        let pwm = self.pwm();
+        if ev.ready(pwm.offered_current(), pwm == PwmOutput::DIGITAL) { CpState::C } else { CpState::B }
+    }
+
+    fn contactors_closed(&self) -> bool {
+        if self.faults.contains(&FaultKind::Welded) {
+            return self.welded_closed;
+        }
+        self.commanded.contactors
+            && !self.faults.contains(&FaultKind::Rcd)
+            && !self.keepalive_expired()
+            && self.cp().ev_ready()
+    }
+
+    fn lock(&self) -> LockState {
+        if self.faults.contains(&FaultKind::Lock) {
+            LockState::Fault
+        } else if self.commanded.lock && self.ev.is_some() && self.spec.socket_outlet {
+            LockState::Locked
+        } else {
+            LockState::Unlocked
+        }
+    }
+
+    fn status(&self) -> BoardStatus {
+        BoardStatus {
+            cp: self.cp(),
+            cable_rating_a: self
+                .ev
+                .as_ref()
+                .filter(|_| self.spec.socket_outlet)
+                .map(|ev| ev.profile.cable_a)
+                .filter(|a| *a > 0),
+            contactors_closed: self.contactors_closed(),
+            lock: self.lock(),
+            rcd_tripped: self.faults.contains(&FaultKind::Rcd),
+            diode_fault: self.faults.contains(&FaultKind::Diode),
+        }
+    }
+
+    /// Current per phase and the number of phases carrying it.
+    fn current(&self) -> (f64, u8) {
+        match &self.ev {
+            Some(ev) if self.contactors_closed() && self.cp().ev_ready() => {
+                (ev.ac_current(self.pwm().offered_current()), ev.profile.phases)
+            }
+            _ => (0.0, 0),
+        }
+    }
+
+    fn measurement(&self) -> Measurement {
+        let (amps, phases) = self.current();
+        let mut m = Measurement { voltage_v: [GRID_V; 3], current_a: [0.0; 3], energy_wh: self.meter_wh };
+        for phase in m.current_a.iter_mut().take(phases.into()) {
+            *phase = amps;
+        }
+        m
+    }
+
+    fn step_physics(&mut self, dt: Duration) {
+        let (amps, phases) = self.current();
+        let energy_wh = GRID_V * amps * f64::from(phases) * dt.as_secs_f64() / 3600.0 * self.time_scale;
+        self.meter_wh += energy_wh;
+        if let Some(ev) = &mut self.ev {
+            ev.absorb(energy_wh);
+        }
+    }
+
+    fn snapshot(&self, host_connected: bool) -> SimEvse {
+        let (amps, _) = self.current();
+        SimEvse {
+            evse: self.spec.id,
+            ev_profile: self.ev.as_ref().map(|e| e.profile.name.to_owned()).unwrap_or_default(),
+            cp_state: self.cp().to_string(),
+            offered_a: self.pwm().offered_current(),
+            relays_closed: self.contactors_closed(),
+            locked: self.lock() == LockState::Locked,
+            current_a: amps,
+            soc_percent: self.ev.as_ref().map_or(0.0, |e| e.soc),
+            meter_wh: self.meter_wh,
+            faults: self.faults.iter().map(|f| f.as_str().to_owned()).collect(),
+            host_connected,
+        }
+    }
+}
+
+struct Host {
+    reader: McuStream<OwnedReadHalf, Empty>,
+    writer: McuStream<Empty, OwnedWriteHalf>,
+}
+
+async fn next_frame(host: &mut Option<Host>) -> Result<Option<(u8, Vec<u8>)>, HalError> {
+    match host {
+        Some(h) => h.reader.read_frame().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Run one EVSE until its command channel closes.
+pub async fn run(spec: SimEvseSpec, time_scale: f64, meter_wh: f64, listener: UnixListener, mut commands: mpsc::Receiver<Command>) {
+    let id = spec.id;
+    let mut world = World {
+        spec,
+        time_scale,
+        ev: None,
+        commanded: Commanded::default(),
+        faults: BTreeSet::new(),
+        welded_closed: false,
+        meter_wh,
+        last_keepalive: None,
+    };
+    let mut host: Option<Host> = None;
+    let mut sent: Option<BoardStatus> = None;
+    let mut physics = tokio::time::interval(PHYSICS_STEP);
+    physics.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_step = Instant::now();
+    let mut steps: u32 = 0;
+
+    loop {
+        let flowing = world.current().0 > 0.0;
+        let keepalive_deadline = world
+            .last_keepalive
+            .filter(|_| !world.keepalive_expired())
+            .map(|t| t + Duration::from_millis(KEEPALIVE_TIMEOUT_MS));
+        let mut force_status = false;
+        let mut force_measurement = false;
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tracing::info!(evse = id, "host connected to the MCU link");
+                    let (r, w) = stream.into_split();
+                    host = Some(Host {
+                        reader: McuStream::new(r, tokio::io::empty()),
+                        writer: McuStream::new(tokio::io::empty(), w),
+                    });
+                    force_measurement = true;
+                }
+                Err(e) => tracing::warn!(evse = id, "accept failed: {e}"),
+            },
+            frame = next_frame(&mut host) => match frame {
+                Ok(Some((kind, payload))) => match HostMessage::decode(kind, &payload) {
+                    Ok(msg) => {
+                        force_status = msg == HostMessage::GetStatus;
+                        if let HostMessage::KeepAlive { seq } = msg {
+                            world.last_keepalive = Some(Instant::now());
+                            send(&mut host, McuMessage::KeepAliveAck { seq }).await;
+                        }
+                        apply_host_message(&mut world, msg);
+                    }
+                    Err(e) => {
+                        tracing::warn!(evse = id, "bad host frame: {e}");
+                        let reason = if e.to_string().contains("type") && e.to_string().contains("unknown") {
+                            NackReason::UnknownType
+                        } else {
+                            NackReason::BadPayload
+                        };
+                        send(&mut host, McuMessage::Nack { rejected_type: kind, reason }).await;
+                    }
+                },
+                Ok(None) => {
+                    tracing::info!(evse = id, "host disconnected from the MCU link");
+                    host = None;
+                }
+                Err(HalError::Frame(why)) => {
+                    tracing::warn!(evse = id, "corrupt host frame: {why}");
+                    send(&mut host, McuMessage::Nack { rejected_type: 0, reason: NackReason::Crc }).await;
+                }
+                Err(e) => {
+                    tracing::warn!(evse = id, "MCU link error: {e}");
+                    host = None;
+                }
+            },
+            command = commands.recv() => {
+                let Some(command) = command else { return };
+                let connected = host.is_some();
+                match command {
+                    Command::Plug(profile, reply) => {
+                        let result = if world.ev.is_some() {
+                            Err(evos_bus::Error::Busy(format!("EVSE {id}: an EV is plugged in already")))
+                        } else {
+                            tracing::info!(evse = id, profile = profile.name, "EV plugged in");
+                            world.ev = Some(Ev::new(profile));
+                            Ok(())
+                        };
+                        let _ = reply.send(result);
+                    }
+                    Command::Unplug(reply) => {
+                        let result = if world.ev.take().is_some() {
+                            tracing::info!(evse = id, "EV unplugged");
+                            Ok(())
+                        } else {
+                            Err(evos_bus::Error::NotPermitted(format!("EVSE {id}: nothing is plugged in")))
+                        };
+                        let _ = reply.send(result);
+                    }
+                    Command::Swipe(token, reply) => {
+                        let result = if connected {
+                            send(&mut host, McuMessage::Token(token)).await;
+                            Ok(())
+                        } else {
+                            Err(evos_bus::Error::NotPermitted(format!("EVSE {id}: no evse service is connected to the reader")))
+                        };
+                        let _ = reply.send(result);
+                    }
+                    Command::Fault(kind, reply) => {
+                        tracing::warn!(evse = id, fault = kind.as_str(), "fault injected");
+                        if kind == FaultKind::Welded {
+                            world.welded_closed = world.contactors_closed();
+                        }
+                        world.faults.insert(kind);
+                        let _ = reply.send(Ok(()));
+                    }
+                    Command::Clear(reply) => {
+                        world.faults.clear();
+                        let _ = reply.send(Ok(()));
+                    }
+                    Command::Snapshot(reply) => {
+                        let _ = reply.send(world.snapshot(connected));
+                    }
+                }
+            }
+            _ = physics.tick(), if flowing => {
+                let now = Instant::now();
+                world.step_physics(now - last_step);
+                last_step = now;
+                steps += 1;
+                force_measurement = steps.is_multiple_of(MEASUREMENT_EVERY);
+            }
+            _ = sleep_until(keepalive_deadline.unwrap_or_else(Instant::now)), if keepalive_deadline.is_some() => {
+                tracing::warn!(evse = id, "host keep-alive timed out: contactors open, pilot off");
+            }
+        }
+        let now_flowing = world.current().0 > 0.0;
+        if now_flowing && !flowing {
+            last_step = Instant::now();
+            physics.reset();
+        }
+        if flowing && !now_flowing {
+            // Account for the part-step up to the moment current stopped.
+            let now = Instant::now();
+            world.step_physics(now - last_step);
+            last_step = now;
+            force_measurement = true;
+        }
+        if host.is_none() {
+            sent = None;
+            continue;
+        }
+        let status = world.status();
+        if force_status || sent.as_ref() != Some(&status) {
+            send(&mut host, McuMessage::Status(status.clone())).await;
+            sent = Some(status);
+        }
+        if force_measurement || now_flowing != flowing {
+            send(&mut host, McuMessage::Measurement(world.measurement())).await;
+        }
+    }
+}
+
+fn apply_host_message(world: &mut World, msg: HostMessage) {
+    match msg {
+        HostMessage::KeepAlive { .. } | HostMessage::GetStatus => {}
+        HostMessage::SetPwm(out) => world.commanded.pwm = Some(out),
+        HostMessage::SetContactors { closed, .. } => world.commanded.contactors = closed,
+        HostMessage::SetLock { locked } => world.commanded.lock = locked,
+    }
+}
+
+async fn send(host: &mut Option<Host>, msg: McuMessage) {
+    let Some(h) = host else { return };
+    let (kind, payload) = msg.encode();
+    if let Err(e) = h.writer.write_frame(kind, &payload).await {
+        tracing::warn!("cannot write to the host: {e}");
+        *host = None;
+    }
+}

@@ -1,0 +1,214 @@
+//! hal-sim: the simulated physical world (`evos run hal-sim`).
+//!
+//! It fakes physics, never protocols: each EVSE's safety MCU answers the
+//! real MCU protocol on a Unix socket, so `evse` runs the same code as on a
+//! charger. The world is moved over `org.evos.Sim1` (`evos ctl sim …`).
+
+pub mod ev;
+pub mod evse;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use evos_bus::sim::SimEvse;
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+use zbus::interface;
+
+use crate::evse::{Command, FaultKind, SimEvseSpec};
+
+/// The `[sim]` section of evos.toml.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Physics runs this many times faster than the wall clock (energy,
+    /// state of charge), so a desktop session fills a battery in minutes.
+    #[serde(default = "default_time_scale")]
+    pub time_scale: f64,
+    /// The EV profile `evos ctl sim plug` uses when none is named.
+    #[serde(default)]
+    pub default_ev: Option<String>,
+}
+
+fn default_time_scale() -> f64 {
+    1.0
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { time_scale: default_time_scale(), default_ev: None }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), evos_service::config::Invalid> {
+        if !(self.time_scale > 0.0 && self.time_scale <= 10_000.0) {
+            return Err(evos_service::config::Invalid::new("sim.time_scale", "must be within (0, 10000]"));
+        }
+        if let Some(name) = &self.default_ev
+            && ev::profile(name).is_none()
+        {
+            return Err(evos_service::config::Invalid::new(
+                "sim.default_ev",
+                format!("unknown EV profile `{name}`; known: {}", profile_names().join(", ")),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub fn profile_names() -> Vec<&'static str> {
+    ev::PROFILES.iter().map(|p| p.name).collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("D-Bus: {0}")]
+    Bus(#[from] zbus::Error),
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An EVSE the simulator serves: its id and where its MCU link listens.
+#[derive(Debug, Clone)]
+pub struct EvseSite {
+    pub id: u32,
+    pub socket_path: PathBuf,
+    pub socket_outlet: bool,
+    pub dc: bool,
+}
+
+struct Sim {
+    evses: BTreeMap<u32, mpsc::Sender<Command>>,
+    sites: BTreeMap<u32, EvseSite>,
+    default_ev: Option<String>,
+}
+
+impl Sim {
+    fn evse(&self, id: u32) -> Result<&mpsc::Sender<Command>, evos_bus::Error> {
+        self.evses.get(&id).ok_or_else(|| {
+            let known: Vec<String> = self.evses.keys().map(u32::to_string).collect();
+            evos_bus::Error::InvalidArgument(format!("unknown EVSE {id}; known: {}", known.join(", ")))
+        })
+    }
+
+    async fn command(
+        &self,
+        id: u32,
+        make: impl FnOnce(evse::Reply) -> Command,
+    ) -> Result<(), evos_bus::Error> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || evos_bus::Error::Failed(format!("EVSE {id} simulation stopped"));
+        self.evse(id)?.send(make(tx)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+#[interface(name = "org.evos.Sim1")]
+impl Sim {
+    async fn plug(&self, evse: u32, profile: &str) -> Result<(), evos_bus::Error> {
+        let site = self.sites.get(&evse);
+        let name = match (profile, &self.default_ev) {
+            ("", Some(default)) => default.as_str(),
+            ("", None) if site.is_some_and(|s| s.dc) => "dc-400v",
+            ("", None) => "ac-11kw",
+            (name, _) => name,
+        };
+        let profile = ev::profile(name).ok_or_else(|| {
+            evos_bus::Error::InvalidArgument(format!("unknown EV profile `{name}`; known: {}", profile_names().join(", ")))
+        })?;
+        self.command(evse, |tx| Command::Plug(profile, tx)).await
+    }
+
+    async fn unplug(&self, evse: u32) -> Result<(), evos_bus::Error> {
+        self.command(evse, Command::Unplug).await
+    }
+
+    async fn swipe(&self, evse: u32, token: &str) -> Result<(), evos_bus::Error> {
+        if token.is_empty() || token.len() > 64 {
+            return Err(evos_bus::Error::InvalidArgument("a token has 1 to 64 bytes".into()));
+        }
+        let token = token.to_owned();
+        self.command(evse, |tx| Command::Swipe(token, tx)).await
+    }
+
+    async fn fault(&self, evse: u32, kind: &str) -> Result<(), evos_bus::Error> {
+        let kind = FaultKind::parse(kind).ok_or_else(|| {
+            evos_bus::Error::InvalidArgument(format!(
+                "unknown fault `{kind}`; known: {}",
+                evos_bus::sim::FAULT_KINDS.join(", ")
+            ))
+        })?;
+        self.command(evse, |tx| Command::Fault(kind, tx)).await
+    }
+
+    async fn clear(&self, evse: u32) -> Result<(), evos_bus::Error> {
+        self.command(evse, Command::Clear).await
+    }
+
+    async fn evses(&self) -> Result<Vec<SimEvse>, evos_bus::Error> {
+        let mut all = Vec::new();
+        for (id, tx) in &self.evses {
+            let (reply, rx) = oneshot::channel();
+            let gone = || evos_bus::Error::Failed(format!("EVSE {id} simulation stopped"));
+            tx.send(Command::Snapshot(reply)).await.map_err(|_| gone())?;
+            all.push(rx.await.map_err(|_| gone())?);
+        }
+        Ok(all)
+    }
+
+    async fn profiles(&self) -> Vec<String> {
+        profile_names().into_iter().map(str::to_owned).collect()
+    }
+}
+
+/// Run the simulator until SIGTERM or Ctrl-C.
+pub async fn run(config: Config, sites: Vec<EvseSite>, bus_address: Option<&str>) -> Result<(), SimError> {
+    let mut evses = BTreeMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for site in &sites {
+        // A stale socket from a previous run would make bind fail.
+        let _ = std::fs::remove_file(&site.socket_path);
+        if let Some(dir) = site.socket_path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let listener = tokio::net::UnixListener::bind(&site.socket_path)
+            .map_err(|source| SimError::Listen { path: site.socket_path.clone(), source })?;
+        let (tx, rx) = mpsc::channel(16);
+        evses.insert(site.id, tx);
+        let spec = SimEvseSpec {
+            id: site.id,
+            socket_path: site.socket_path.clone(),
+            socket_outlet: site.socket_outlet,
+        };
+        tasks.spawn(evse::run(spec, config.time_scale, 0.0, listener, rx));
+    }
+    let sim = Sim {
+        evses,
+        sites: sites.iter().map(|s| (s.id, s.clone())).collect(),
+        default_ev: config.default_ev.clone(),
+    };
+    let _connection = evos_bus::connection_builder(bus_address)
+        .serve_at(evos_bus::sim::PATH, sim)
+        .name(evos_bus::sim::BUS_NAME)
+        .build()
+        .await?;
+    evos_service::notify::ready(&format!("simulating {} EVSE(s)", sites.len()));
+    tracing::info!(evses = sites.len(), time_scale = config.time_scale, "hal-sim ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| zbus::Error::Failure(format!("cannot catch SIGTERM: {e}")))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    evos_service::notify::stopping();
+    for site in &sites {
+        let _ = std::fs::remove_file(&site.socket_path);
+    }
+    Ok(())
+}
