@@ -93,7 +93,10 @@ pub struct Ev {
 
 impl Ev {
     pub fn new(profile: &'static EvProfile) -> Self {
-        Ev { profile, soc: profile.initial_soc }
+        Ev {
+            profile,
+            soc: profile.initial_soc,
+        }
     }
 
     pub fn wants_energy(&self) -> bool {
@@ -102,13 +105,22 @@ impl Ev {
 
     /// Whether the EV closes S2 (state C) given what the EVSE offers.
     pub fn ready(&self, offered_a: f64, digital: bool) -> bool {
-        self.wants_energy() && if self.profile.dc { digital } else { offered_a >= 6.0 }
+        self.wants_energy()
+            && if self.profile.dc {
+                digital
+            } else {
+                offered_a >= 6.0
+            }
     }
 
     /// AC current per phase the EV draws: the lower of the offer and its
     /// charger's maximum.
     pub fn ac_current(&self, offered_a: f64) -> f64 {
-        if self.profile.dc { 0.0 } else { offered_a.min(self.profile.max_current_a) }
+        if self.profile.dc {
+            0.0
+        } else {
+            offered_a.min(self.profile.max_current_a)
+        }
     }
 
     pub fn absorb(&mut self, energy_wh: f64) {

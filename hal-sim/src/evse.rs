@@ -103,7 +103,11 @@ struct World {
 
 impl World {
     fn pwm(&self) -> PwmOutput {
-        if self.keepalive_expired() { PwmOutput::Off } else { self.commanded.pwm.unwrap_or(PwmOutput::Off) }
+        if self.keepalive_expired() {
+            PwmOutput::Off
+        } else {
+            self.commanded.pwm.unwrap_or(PwmOutput::Off)
+        }
     }
 
     fn keepalive_expired(&self) -> bool {
@@ -115,12 +119,18 @@ impl World {
         if self.faults.contains(&FaultKind::StateF) {
             return CpState::F;
         }
-        let Some(ev) = &self.ev else { return CpState::A };
+        let Some(ev) = &self.ev else {
+            return CpState::A;
+        };
         if self.faults.contains(&FaultKind::StateE) {
             return CpState::E;
         }
         let pwm = self.pwm();
-        if ev.ready(pwm.offered_current(), pwm == PwmOutput::DIGITAL) { CpState::C } else { CpState::B }
+        if ev.ready(pwm.offered_current(), pwm == PwmOutput::DIGITAL) {
+            CpState::C
+        } else {
+            CpState::B
+        }
     }
 
     fn contactors_closed(&self) -> bool {
@@ -162,16 +172,21 @@ impl World {
     /// Current per phase and the number of phases carrying it.
     fn current(&self) -> (f64, u8) {
         match &self.ev {
-            Some(ev) if self.contactors_closed() && self.cp().ev_ready() => {
-                (ev.ac_current(self.pwm().offered_current()), ev.profile.phases)
-            }
+            Some(ev) if self.contactors_closed() && self.cp().ev_ready() => (
+                ev.ac_current(self.pwm().offered_current()),
+                ev.profile.phases,
+            ),
             _ => (0.0, 0),
         }
     }
 
     fn measurement(&self) -> Measurement {
         let (amps, phases) = self.current();
-        let mut m = Measurement { voltage_v: [GRID_V; 3], current_a: [0.0; 3], energy_wh: self.meter_wh };
+        let mut m = Measurement {
+            voltage_v: [GRID_V; 3],
+            current_a: [0.0; 3],
+            energy_wh: self.meter_wh,
+        };
         for phase in m.current_a.iter_mut().take(phases.into()) {
             *phase = amps;
         }
@@ -180,7 +195,8 @@ impl World {
 
     fn step_physics(&mut self, dt: Duration) {
         let (amps, phases) = self.current();
-        let energy_wh = GRID_V * amps * f64::from(phases) * dt.as_secs_f64() / 3600.0 * self.time_scale;
+        let energy_wh =
+            GRID_V * amps * f64::from(phases) * dt.as_secs_f64() / 3600.0 * self.time_scale;
         self.meter_wh += energy_wh;
         if let Some(ev) = &mut self.ev {
             ev.absorb(energy_wh);
@@ -191,7 +207,11 @@ impl World {
         let (amps, _) = self.current();
         SimEvse {
             evse: self.spec.id,
-            ev_profile: self.ev.as_ref().map(|e| e.profile.name.to_owned()).unwrap_or_default(),
+            ev_profile: self
+                .ev
+                .as_ref()
+                .map(|e| e.profile.name.to_owned())
+                .unwrap_or_default(),
             cp_state: self.cp().to_string(),
             offered_a: self.pwm().offered_current(),
             relays_closed: self.contactors_closed(),
@@ -218,7 +238,13 @@ async fn next_frame(host: &mut Option<Host>) -> Result<Option<(u8, Vec<u8>)>, Ha
 }
 
 /// Run one EVSE until its command channel closes.
-pub async fn run(spec: SimEvseSpec, time_scale: f64, meter_wh: f64, listener: UnixListener, mut commands: mpsc::Receiver<Command>) {
+pub async fn run(
+    spec: SimEvseSpec,
+    time_scale: f64,
+    meter_wh: f64,
+    listener: UnixListener,
+    mut commands: mpsc::Receiver<Command>,
+) {
     let id = spec.id;
     let mut world = World {
         spec,

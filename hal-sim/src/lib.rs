@@ -36,21 +36,30 @@ fn default_time_scale() -> f64 {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { time_scale: default_time_scale(), default_ev: None }
+        Config {
+            time_scale: default_time_scale(),
+            default_ev: None,
+        }
     }
 }
 
 impl Config {
     pub fn validate(&self) -> Result<(), evos_service::config::Invalid> {
         if !(self.time_scale > 0.0 && self.time_scale <= 10_000.0) {
-            return Err(evos_service::config::Invalid::new("sim.time_scale", "must be within (0, 10000]"));
+            return Err(evos_service::config::Invalid::new(
+                "sim.time_scale",
+                "must be within (0, 10000]",
+            ));
         }
         if let Some(name) = &self.default_ev
             && ev::profile(name).is_none()
         {
             return Err(evos_service::config::Invalid::new(
                 "sim.default_ev",
-                format!("unknown EV profile `{name}`; known: {}", profile_names().join(", ")),
+                format!(
+                    "unknown EV profile `{name}`; known: {}",
+                    profile_names().join(", ")
+                ),
             ));
         }
         Ok(())
@@ -92,7 +101,10 @@ impl Sim {
     fn evse(&self, id: u32) -> Result<&mpsc::Sender<Command>, evos_bus::Error> {
         self.evses.get(&id).ok_or_else(|| {
             let known: Vec<String> = self.evses.keys().map(u32::to_string).collect();
-            evos_bus::Error::InvalidArgument(format!("unknown EVSE {id}; known: {}", known.join(", ")))
+            evos_bus::Error::InvalidArgument(format!(
+                "unknown EVSE {id}; known: {}",
+                known.join(", ")
+            ))
         })
     }
 
@@ -119,7 +131,10 @@ impl Sim {
             (name, _) => name,
         };
         let profile = ev::profile(name).ok_or_else(|| {
-            evos_bus::Error::InvalidArgument(format!("unknown EV profile `{name}`; known: {}", profile_names().join(", ")))
+            evos_bus::Error::InvalidArgument(format!(
+                "unknown EV profile `{name}`; known: {}",
+                profile_names().join(", ")
+            ))
         })?;
         self.command(evse, |tx| Command::Plug(profile, tx)).await
     }
@@ -130,7 +145,9 @@ impl Sim {
 
     async fn swipe(&self, evse: u32, token: &str) -> Result<(), evos_bus::Error> {
         if token.is_empty() || token.len() > 64 {
-            return Err(evos_bus::Error::InvalidArgument("a token has 1 to 64 bytes".into()));
+            return Err(evos_bus::Error::InvalidArgument(
+                "a token has 1 to 64 bytes".into(),
+            ));
         }
         let token = token.to_owned();
         self.command(evse, |tx| Command::Swipe(token, tx)).await
@@ -155,7 +172,9 @@ impl Sim {
         for (id, tx) in &self.evses {
             let (reply, rx) = oneshot::channel();
             let gone = || evos_bus::Error::Failed(format!("EVSE {id} simulation stopped"));
-            tx.send(Command::Snapshot(reply)).await.map_err(|_| gone())?;
+            tx.send(Command::Snapshot(reply))
+                .await
+                .map_err(|_| gone())?;
             all.push(rx.await.map_err(|_| gone())?);
         }
         Ok(all)
@@ -167,7 +186,11 @@ impl Sim {
 }
 
 /// Run the simulator until SIGTERM or Ctrl-C.
-pub async fn run(config: Config, sites: Vec<EvseSite>, bus_address: Option<&str>) -> Result<(), SimError> {
+pub async fn run(
+    config: Config,
+    sites: Vec<EvseSite>,
+    bus_address: Option<&str>,
+) -> Result<(), SimError> {
     let mut evses = BTreeMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     for site in &sites {
@@ -176,8 +199,12 @@ pub async fn run(config: Config, sites: Vec<EvseSite>, bus_address: Option<&str>
         if let Some(dir) = site.socket_path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let listener = tokio::net::UnixListener::bind(&site.socket_path)
-            .map_err(|source| SimError::Listen { path: site.socket_path.clone(), source })?;
+        let listener = tokio::net::UnixListener::bind(&site.socket_path).map_err(|source| {
+            SimError::Listen {
+                path: site.socket_path.clone(),
+                source,
+            }
+        })?;
         let (tx, rx) = mpsc::channel(16);
         evses.insert(site.id, tx);
         let spec = SimEvseSpec {
@@ -198,7 +225,11 @@ pub async fn run(config: Config, sites: Vec<EvseSite>, bus_address: Option<&str>
         .build()
         .await?;
     evos_service::notify::ready(&format!("simulating {} EVSE(s)", sites.len()));
-    tracing::info!(evses = sites.len(), time_scale = config.time_scale, "hal-sim ready");
+    tracing::info!(
+        evses = sites.len(),
+        time_scale = config.time_scale,
+        "hal-sim ready"
+    );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| zbus::Error::Failure(format!("cannot catch SIGTERM: {e}")))?;

@@ -63,7 +63,12 @@ pub trait Evse1 {
     fn stop_session(&self, reason: &str) -> Result<(), crate::Error>;
     /// Limit the charging current (`unit` "A") or power (`unit` "W");
     /// `duration_s` 0 means until cleared.
-    fn set_charging_limit(&self, value: f64, unit: &str, duration_s: u32) -> Result<(), crate::Error>;
+    fn set_charging_limit(
+        &self,
+        value: f64,
+        unit: &str,
+        duration_s: u32,
+    ) -> Result<(), crate::Error>;
     fn clear_charging_limit(&self) -> Result<(), crate::Error>;
     /// Operative / inoperative (OCPP ChangeAvailability); takes effect after
     /// an active session ends.

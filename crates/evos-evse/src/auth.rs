@@ -36,7 +36,9 @@ impl Authorizer {
     pub fn from_config(config: &Config) -> Self {
         match config.auth {
             AuthMode::FreeVend => Authorizer::FreeVend,
-            AuthMode::AllowList => Authorizer::AllowList(config.allow_list.iter().cloned().collect()),
+            AuthMode::AllowList => {
+                Authorizer::AllowList(config.allow_list.iter().cloned().collect())
+            }
         }
     }
 
@@ -65,6 +67,9 @@ mod tests {
         let auth = Authorizer::AllowList(["04AABB".to_string()].into());
         assert_eq!(auth.authorize(1, "04aabb").await, AuthStatus::Accepted);
         assert_eq!(auth.authorize(1, "04AABC").await, AuthStatus::Invalid);
-        assert_eq!(Authorizer::FreeVend.authorize(1, "anything").await, AuthStatus::Accepted);
+        assert_eq!(
+            Authorizer::FreeVend.authorize(1, "anything").await,
+            AuthStatus::Accepted
+        );
     }
 }

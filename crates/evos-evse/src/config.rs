@@ -101,7 +101,10 @@ impl Config {
                 return Err(Invalid::new(key("id"), "EVSE ids start at 1"));
             }
             if !seen.insert(e.id) {
-                return Err(Invalid::new(key("id"), format!("EVSE id {} appears twice", e.id)));
+                return Err(Invalid::new(
+                    key("id"),
+                    format!("EVSE id {} appears twice", e.id),
+                ));
             }
             if let Err(err) = e.link.parse::<evos_hal::mcu::LinkAddress>() {
                 return Err(Invalid::new(key("link"), err.to_string()));
@@ -111,20 +114,29 @@ impl Config {
                 Kind::Dc => 1000.0,
             };
             if !(6.0..=max).contains(&e.max_current_a) {
-                return Err(Invalid::new(key("max_current_a"), format!("must be within 6..={max} A")));
+                return Err(Invalid::new(
+                    key("max_current_a"),
+                    format!("must be within 6..={max} A"),
+                ));
             }
             if !matches!(e.phases, 1 | 3) {
                 return Err(Invalid::new(key("phases"), "must be 1 or 3"));
             }
             if !(100.0..=1000.0).contains(&e.nominal_voltage_v) {
-                return Err(Invalid::new(key("nominal_voltage_v"), "must be within 100..=1000 V"));
+                return Err(Invalid::new(
+                    key("nominal_voltage_v"),
+                    "must be within 100..=1000 V",
+                ));
             }
         }
         if self.auth == AuthMode::AllowList && self.allow_list.is_empty() {
             tracing::warn!("evse.allow_list is empty: no token can start a session");
         }
         if self.connection_timeout_s == 0 {
-            return Err(Invalid::new("evse.connection_timeout_s", "must be at least 1"));
+            return Err(Invalid::new(
+                "evse.connection_timeout_s",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }

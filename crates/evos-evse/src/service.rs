@@ -31,8 +31,13 @@ pub enum ServiceError {
 }
 
 fn now() -> Now {
-    let wall_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    Now { mono: Instant::now(), wall_ms }
+    let wall_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    Now {
+        mono: Instant::now(),
+        wall_ms,
+    }
 }
 
 /// What `org.evos.Evse1` shows; the driver publishes a new one after every
@@ -60,10 +65,13 @@ impl Snapshot {
             power_w: evse.measurement().map_or(0.0, |m| m.power_w()),
             session_energy_wh: session.map_or(last_session_energy, SessionRecord::energy_wh),
             session_id: session.map(|s| s.id.clone()).unwrap_or_default(),
-            fault: evse.fault().map(|f| f.as_str().to_owned()).unwrap_or_default(),
-            charging_limit: evse
-                .limit()
-                .map_or((0.0, String::new()), |l| (l.value, l.unit.as_str().to_owned())),
+            fault: evse
+                .fault()
+                .map(|f| f.as_str().to_owned())
+                .unwrap_or_default(),
+            charging_limit: evse.limit().map_or((0.0, String::new()), |l| {
+                (l.value, l.unit.as_str().to_owned())
+            }),
         }
     }
 }
@@ -85,7 +93,10 @@ impl EvseObject {
     async fn ask(&self, input: Input) -> Result<Option<String>, evos_bus::Error> {
         let (tx, rx) = oneshot::channel();
         let gone = || evos_bus::Error::Failed("the EVSE driver stopped".into());
-        self.requests.send(Request::Input(input, tx)).await.map_err(|_| gone())?;
+        self.requests
+            .send(Request::Input(input, tx))
+            .await
+            .map_err(|_| gone())?;
         match rx.await.map_err(|_| gone())? {
             Ok(answer) => Ok(answer),
             Err(Refusal::NotPermitted(why)) => Err(evos_bus::Error::NotPermitted(why)),
@@ -97,7 +108,9 @@ impl EvseObject {
 fn non_empty_token(token: &str) -> Result<String, evos_bus::Error> {
     let token = token.trim();
     if token.is_empty() || token.len() > 64 {
-        return Err(evos_bus::Error::InvalidArgument("a token has 1 to 64 characters".into()));
+        return Err(evos_bus::Error::InvalidArgument(
+            "a token has 1 to 64 characters".into(),
+        ));
     }
     Ok(token.to_owned())
 }
@@ -106,7 +119,10 @@ fn non_empty_token(token: &str) -> Result<String, evos_bus::Error> {
 impl EvseObject {
     async fn present_token(&self, token: &str) -> Result<String, evos_bus::Error> {
         let token = non_empty_token(token)?;
-        Ok(self.ask(Input::Token(token)).await?.unwrap_or_else(|| "Accepted".into()))
+        Ok(self
+            .ask(Input::Token(token))
+            .await?
+            .unwrap_or_else(|| "Accepted".into()))
     }
 
     async fn start_session(&self, token: &str) -> Result<(), evos_bus::Error> {
@@ -115,22 +131,41 @@ impl EvseObject {
     }
 
     async fn stop_session(&self, reason: &str) -> Result<(), evos_bus::Error> {
-        let reason = StopReason::parse(reason)
-            .ok_or_else(|| evos_bus::Error::InvalidArgument(format!("unknown stop reason `{reason}`")))?;
+        let reason = StopReason::parse(reason).ok_or_else(|| {
+            evos_bus::Error::InvalidArgument(format!("unknown stop reason `{reason}`"))
+        })?;
         self.ask(Input::Stop(reason)).await.map(drop)
     }
 
-    async fn set_charging_limit(&self, value: f64, unit: &str, duration_s: u32) -> Result<(), evos_bus::Error> {
+    async fn set_charging_limit(
+        &self,
+        value: f64,
+        unit: &str,
+        duration_s: u32,
+    ) -> Result<(), evos_bus::Error> {
         let unit = match unit {
             "A" => LimitUnit::Amps,
             "W" => LimitUnit::Watts,
-            other => return Err(evos_bus::Error::InvalidArgument(format!("unit `{other}`: expected A or W"))),
+            other => {
+                return Err(evos_bus::Error::InvalidArgument(format!(
+                    "unit `{other}`: expected A or W"
+                )));
+            }
         };
         if !value.is_finite() || value < 0.0 {
-            return Err(evos_bus::Error::InvalidArgument(format!("limit {value} is not a non-negative number")));
+            return Err(evos_bus::Error::InvalidArgument(format!(
+                "limit {value} is not a non-negative number"
+            )));
         }
-        let expires = (duration_s > 0).then(|| Instant::now() + Duration::from_secs(duration_s.into()));
-        self.ask(Input::SetLimit(Some(Limit { value, unit, expires }))).await.map(drop)
+        let expires =
+            (duration_s > 0).then(|| Instant::now() + Duration::from_secs(duration_s.into()));
+        self.ask(Input::SetLimit(Some(Limit {
+            value,
+            unit,
+            expires,
+        })))
+        .await
+        .map(drop)
     }
 
     async fn clear_charging_limit(&self) -> Result<(), evos_bus::Error> {
@@ -144,12 +179,18 @@ impl EvseObject {
     async fn sessions(&self) -> Result<Vec<SessionRecord>, evos_bus::Error> {
         let (tx, rx) = oneshot::channel();
         let gone = || evos_bus::Error::Failed("the EVSE driver stopped".into());
-        self.requests.send(Request::Sessions(tx)).await.map_err(|_| gone())?;
+        self.requests
+            .send(Request::Sessions(tx))
+            .await
+            .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())
     }
 
     #[zbus(signal)]
-    async fn session_started(emitter: &SignalEmitter<'_>, record: SessionRecord) -> zbus::Result<()>;
+    async fn session_started(
+        emitter: &SignalEmitter<'_>,
+        record: SessionRecord,
+    ) -> zbus::Result<()>;
     #[zbus(signal)]
     async fn session_ended(emitter: &SignalEmitter<'_>, record: SessionRecord) -> zbus::Result<()>;
 
@@ -196,12 +237,16 @@ impl EvseObject {
 }
 
 /// Run the service until SIGTERM or Ctrl-C.
-pub async fn run(config: Config, state_dir: &Path, bus_address: Option<&str>) -> Result<(), ServiceError> {
+pub async fn run(
+    config: Config,
+    state_dir: &Path,
+    bus_address: Option<&str>,
+) -> Result<(), ServiceError> {
     let authorizer = Authorizer::from_config(&config);
     let store_dir = state_dir.join("sessions");
     let mut drivers = Vec::new();
-    let mut builder = evos_bus::connection_builder(bus_address)
-        .serve_at(contract::ROOT_PATH, fdo::ObjectManager);
+    let mut builder =
+        evos_bus::connection_builder(bus_address).serve_at(contract::ROOT_PATH, fdo::ObjectManager);
     for evse_config in &config.evse {
         let link: LinkAddress = evse_config.link.parse()?;
         let store = SessionStore::open(&store_dir, evse_config.id)?;
@@ -212,7 +257,12 @@ pub async fn run(config: Config, state_dir: &Path, bus_address: Option<&str>) ->
         let (requests_tx, requests) = mpsc::channel(16);
         builder = builder.serve_at(
             contract::path(evse_config.id),
-            EvseObject { id: evse_config.id, kind: evse_config.kind, snapshot, requests: requests_tx },
+            EvseObject {
+                id: evse_config.id,
+                kind: evse_config.kind,
+                snapshot,
+                requests: requests_tx,
+            },
         );
         drivers.push(Driver {
             link,
@@ -229,7 +279,12 @@ pub async fn run(config: Config, state_dir: &Path, bus_address: Option<&str>) ->
     let mut tasks = JoinSet::new();
     for mut driver in drivers {
         let id = driver.machine.spec().id;
-        driver.iface = Some(connection.object_server().interface(contract::path(id)).await?);
+        driver.iface = Some(
+            connection
+                .object_server()
+                .interface(contract::path(id))
+                .await?,
+        );
         tasks.spawn(driver.run());
     }
     evos_service::notify::ready(&format!("{} EVSE(s) on the bus", config.evse.len()));
@@ -302,7 +357,9 @@ impl Driver {
 
         loop {
             let deadline = self.machine.next_deadline();
-            let link_deadline = down_since.filter(|_| !link_fault_reported).map(|t| t + link_fault_after);
+            let link_deadline = down_since
+                .filter(|_| !link_fault_reported)
+                .map(|t| t + link_fault_after);
             let mut reply = None;
             let input = tokio::select! {
                 event = next_event(&mut board) => match event {
@@ -382,7 +439,10 @@ impl Driver {
                 match (input, result) {
                     (Input::Token(token), Ok(true)) => waiters.push((token, tx)),
                     (Input::Token(_), Ok(false)) if self.machine.status() == before => {
-                        let _ = tx.send(Err(Refusal::NotPermitted(format!("token not taken while {}", before.as_str()))));
+                        let _ = tx.send(Err(Refusal::NotPermitted(format!(
+                            "token not taken while {}",
+                            before.as_str()
+                        ))));
                     }
                     (_, Ok(_)) => {
                         let _ = tx.send(Ok(None));
@@ -398,7 +458,11 @@ impl Driver {
 
     /// Feed one input; carry out its effects; publish. Returns whether an
     /// authorization was started.
-    async fn step(&mut self, input: Input, auth_tasks: &mut JoinSet<(String, AuthStatus)>) -> Result<bool, Refusal> {
+    async fn step(
+        &mut self,
+        input: Input,
+        auth_tasks: &mut JoinSet<(String, AuthStatus)>,
+    ) -> Result<bool, Refusal> {
         let effects = self.machine.handle(input, now())?;
         let mut authorizing = false;
         for effect in effects {
@@ -417,14 +481,20 @@ impl Driver {
                     if let Err(e) = self.store.started(&record) {
                         tracing::error!("cannot persist session start: {e}");
                     }
-                    self.emit(|emitter| async move { EvseObject::session_started(&emitter, record).await }).await;
+                    self.emit(|emitter| async move {
+                        EvseObject::session_started(&emitter, record).await
+                    })
+                    .await;
                 }
                 Effect::SessionEnded(record) => {
                     if let Err(e) = self.store.ended(&record) {
                         tracing::error!("cannot persist session end: {e}");
                     }
                     self.last_energy = record.energy_wh();
-                    self.emit(|emitter| async move { EvseObject::session_ended(&emitter, record).await }).await;
+                    self.emit(|emitter| async move {
+                        EvseObject::session_ended(&emitter, record).await
+                    })
+                    .await;
                 }
             }
         }
@@ -456,14 +526,46 @@ impl Driver {
         let emitter = iface.signal_emitter();
         let object = iface.get().await;
         let results = [
-            if new.status != old.status { Some(object.status_changed(emitter).await) } else { None },
-            if new.cp_state != old.cp_state { Some(object.cp_state_changed(emitter).await) } else { None },
-            if new.offered_current != old.offered_current { Some(object.offered_current_changed(emitter).await) } else { None },
-            if new.power_w != old.power_w { Some(object.power_w_changed(emitter).await) } else { None },
-            if new.session_energy_wh != old.session_energy_wh { Some(object.session_energy_wh_changed(emitter).await) } else { None },
-            if new.session_id != old.session_id { Some(object.session_id_changed(emitter).await) } else { None },
-            if new.fault != old.fault { Some(object.fault_changed(emitter).await) } else { None },
-            if new.charging_limit != old.charging_limit { Some(object.charging_limit_changed(emitter).await) } else { None },
+            if new.status != old.status {
+                Some(object.status_changed(emitter).await)
+            } else {
+                None
+            },
+            if new.cp_state != old.cp_state {
+                Some(object.cp_state_changed(emitter).await)
+            } else {
+                None
+            },
+            if new.offered_current != old.offered_current {
+                Some(object.offered_current_changed(emitter).await)
+            } else {
+                None
+            },
+            if new.power_w != old.power_w {
+                Some(object.power_w_changed(emitter).await)
+            } else {
+                None
+            },
+            if new.session_energy_wh != old.session_energy_wh {
+                Some(object.session_energy_wh_changed(emitter).await)
+            } else {
+                None
+            },
+            if new.session_id != old.session_id {
+                Some(object.session_id_changed(emitter).await)
+            } else {
+                None
+            },
+            if new.fault != old.fault {
+                Some(object.fault_changed(emitter).await)
+            } else {
+                None
+            },
+            if new.charging_limit != old.charging_limit {
+                Some(object.charging_limit_changed(emitter).await)
+            } else {
+                None
+            },
         ];
         for result in results.into_iter().flatten() {
             if let Err(e) = result {

@@ -27,7 +27,10 @@ pub struct StoreError {
 }
 
 fn err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError { path: path.to_owned(), source }
+    move |source| StoreError {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 #[derive(Debug)]
@@ -50,7 +53,9 @@ impl SessionStore {
                     match serde_json::from_str::<SessionRecord>(line) {
                         Ok(record) => history.push_back(record),
                         // Only the last line can be torn by a power cut.
-                        Err(e) => tracing::warn!(path = %history_path.display(), line = n + 1, "skipped an unreadable session record: {e}"),
+                        Err(e) => {
+                            tracing::warn!(path = %history_path.display(), line = n + 1, "skipped an unreadable session record: {e}")
+                        }
                     }
                 }
             }
@@ -69,7 +74,12 @@ impl SessionStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(err(&active_path)(e)),
         };
-        let mut store = SessionStore { active_path, history_path, active, history };
+        let mut store = SessionStore {
+            active_path,
+            history_path,
+            active,
+            history,
+        };
         if store.active.is_none() {
             store.remove_active()?;
         }
@@ -127,7 +137,8 @@ impl SessionStore {
         }
         let mut text = Vec::new();
         for record in &self.history {
-            serde_json::to_writer(&mut text, record).map_err(|e| err(&self.history_path)(e.into()))?;
+            serde_json::to_writer(&mut text, record)
+                .map_err(|e| err(&self.history_path)(e.into()))?;
             text.push(b'\n');
         }
         write_atomic(&self.history_path, &text).map_err(err(&self.history_path))
@@ -147,7 +158,11 @@ mod tests {
             ended_ms,
             start_meter_wh: 10.0,
             stop_meter_wh: 20.0,
-            stop_reason: if ended_ms > 0 { "Local".into() } else { String::new() },
+            stop_reason: if ended_ms > 0 {
+                "Local".into()
+            } else {
+                String::new()
+            },
             fault: String::new(),
         }
     }
@@ -162,7 +177,10 @@ mod tests {
         store.ended(&record("a", 5)).unwrap();
         let store = SessionStore::open(dir.path(), 1).unwrap();
         assert!(store.active().is_none());
-        assert_eq!(store.history().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(
+            store.history().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
     }
 
     #[test]
@@ -183,7 +201,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = SessionStore::open(dir.path(), 1).unwrap();
         store.ended(&record("a", 5)).unwrap();
-        let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("history-1.jsonl")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("history-1.jsonl"))
+            .unwrap();
         f.write_all(b"{\"id\":\"b\",\"ev").unwrap();
         let store = SessionStore::open(dir.path(), 1).unwrap();
         assert_eq!(store.history().count(), 1);

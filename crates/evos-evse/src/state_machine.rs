@@ -189,17 +189,25 @@ enum State {
     /// No EV, no authorization (CP A).
     Available,
     /// A token was accepted before the EV plugged in.
-    Authorized { token: String, deadline: Instant },
+    Authorized {
+        token: String,
+        deadline: Instant,
+    },
     /// An EV is plugged in, nobody has authorized it yet.
     Occupied,
     /// A session is active: EV plugged in and authorized.
-    Session { record: SessionRecord, lock_deadline: Option<Instant> },
+    Session {
+        record: SessionRecord,
+        lock_deadline: Option<Instant>,
+    },
     /// The session ended while the EV is still plugged in.
     Finishing,
     Faulted(Fault),
     /// Just started: a session may have been active before the restart; the
     /// board's first status tells whether it goes on.
-    Recovering { record: Option<SessionRecord> },
+    Recovering {
+        record: Option<SessionRecord>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -208,7 +216,10 @@ pub enum Input {
     Measurement(Measurement),
     /// A token read at the EVSE's reader.
     Token(String),
-    AuthResult { token: String, accepted: bool },
+    AuthResult {
+        token: String,
+        accepted: bool,
+    },
     /// Start a session for a token already authorized elsewhere (remote start).
     RemoteStart(String),
     Stop(StopReason),
@@ -291,7 +302,12 @@ impl Evse {
         result.map(|()| effects)
     }
 
-    fn transition(&mut self, input: Input, now: Now, effects: &mut Vec<Effect>) -> Result<(), Refusal> {
+    fn transition(
+        &mut self,
+        input: Input,
+        now: Now,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), Refusal> {
         match input {
             Input::Board(status) => {
                 self.board = Some(status);
@@ -318,12 +334,17 @@ impl Evse {
             Input::RemoteStart(token) => {
                 match &self.state {
                     State::Faulted(f) => {
-                        return Err(Refusal::NotPermitted(format!("EVSE is faulted ({})", f.as_str())));
+                        return Err(Refusal::NotPermitted(format!(
+                            "EVSE is faulted ({})",
+                            f.as_str()
+                        )));
                     }
                     State::Session { .. } | State::Recovering { record: Some(_) } => {
                         return Err(Refusal::Busy("a session is active".into()));
                     }
-                    _ if !self.operative => return Err(Refusal::NotPermitted("EVSE is unavailable".into())),
+                    _ if !self.operative => {
+                        return Err(Refusal::NotPermitted("EVSE is unavailable".into()));
+                    }
                     _ => {}
                 }
                 self.authorized(token, now, effects);
@@ -348,21 +369,43 @@ impl Evse {
 
     /// Follow the EV: plug-in, unplug, and recovery after a restart.
     fn follow_pilot(&mut self, now: Now, effects: &mut Vec<Effect>) {
-        let Some(cp) = self.board.as_ref().map(|b| b.cp) else { return };
+        let Some(cp) = self.board.as_ref().map(|b| b.cp) else {
+            return;
+        };
         let connected = cp.ev_connected();
         match &mut self.state {
             State::Recovering { record } => match record.take() {
                 Some(record) if connected => {
-                    tracing::info!(evse = self.spec.id, session = record.id, "resuming session after restart");
+                    tracing::info!(
+                        evse = self.spec.id,
+                        session = record.id,
+                        "resuming session after restart"
+                    );
                     let lock_deadline = self.spec.socket.then_some(now.mono + LOCK_TIMEOUT);
-                    self.state = State::Session { record, lock_deadline };
+                    self.state = State::Session {
+                        record,
+                        lock_deadline,
+                    };
                 }
                 Some(record) => {
-                    tracing::info!(evse = self.spec.id, session = record.id, "EV left while the service was down");
-                    self.state = State::Session { record, lock_deadline: None };
+                    tracing::info!(
+                        evse = self.spec.id,
+                        session = record.id,
+                        "EV left while the service was down"
+                    );
+                    self.state = State::Session {
+                        record,
+                        lock_deadline: None,
+                    };
                     self.end_session(StopReason::EvDisconnected, None, now, effects);
                 }
-                None => self.state = if connected { State::Occupied } else { State::Available },
+                None => {
+                    self.state = if connected {
+                        State::Occupied
+                    } else {
+                        State::Available
+                    }
+                }
             },
             State::Available if connected && self.operative => {
                 self.state = State::Occupied;
@@ -419,10 +462,16 @@ impl Evse {
         }
         match &self.state {
             State::Authorized { deadline, .. } if *deadline <= now.mono => {
-                tracing::info!(evse = self.spec.id, "authorization expired: no EV plugged in");
+                tracing::info!(
+                    evse = self.spec.id,
+                    "authorization expired: no EV plugged in"
+                );
                 self.state = State::Available;
             }
-            State::Session { lock_deadline: Some(at), .. } if *at <= now.mono => {
+            State::Session {
+                lock_deadline: Some(at),
+                ..
+            } if *at <= now.mono => {
                 self.enter_fault(Fault::LockFailure, now, effects);
             }
             _ => {}
@@ -439,12 +488,19 @@ impl Evse {
             (State::Faulted(f), None) if self.board.is_some() => {
                 tracing::info!(evse = self.spec.id, fault = f.as_str(), "fault cleared");
                 let connected = self.board.as_ref().is_some_and(|b| b.cp.ev_connected());
-                self.state = if connected { State::Occupied } else { State::Available };
+                self.state = if connected {
+                    State::Occupied
+                } else {
+                    State::Available
+                };
             }
             _ => {}
         }
         if let State::Session { lock_deadline, .. } = &mut self.state
-            && self.board.as_ref().is_some_and(|b| b.lock == LockState::Locked)
+            && self
+                .board
+                .as_ref()
+                .is_some_and(|b| b.lock == LockState::Locked)
         {
             *lock_deadline = None;
         }
@@ -452,7 +508,9 @@ impl Evse {
 
     /// A lock that timed out stays faulted until its feedback reads unlocked.
     fn lock_failed_by_timeout(&self) -> bool {
-        self.board.as_ref().is_some_and(|b| b.lock != LockState::Unlocked)
+        self.board
+            .as_ref()
+            .is_some_and(|b| b.lock != LockState::Unlocked)
     }
 
     fn detect_fault(&self, now: Now) -> Option<Fault> {
@@ -481,11 +539,21 @@ impl Evse {
     }
 
     fn enter_fault(&mut self, fault: Fault, now: Now, effects: &mut Vec<Effect>) {
-        tracing::error!(evse = self.spec.id, fault = fault.as_str(), "fault: contactors open");
+        tracing::error!(
+            evse = self.spec.id,
+            fault = fault.as_str(),
+            "fault: contactors open"
+        );
         if matches!(self.state, State::Session { .. }) {
             self.end_session(StopReason::Other, Some(fault), now, effects);
-        } else if let State::Recovering { record: Some(record) } = &self.state {
-            self.state = State::Session { record: record.clone(), lock_deadline: None };
+        } else if let State::Recovering {
+            record: Some(record),
+        } = &self.state
+        {
+            self.state = State::Session {
+                record: record.clone(),
+                lock_deadline: None,
+            };
             self.end_session(StopReason::Other, Some(fault), now, effects);
         }
         self.pending_auth = None;
@@ -505,14 +573,30 @@ impl Evse {
             stop_reason: String::new(),
             fault: String::new(),
         };
-        tracing::info!(evse = self.spec.id, session = record.id, token = record.token, "session started");
+        tracing::info!(
+            evse = self.spec.id,
+            session = record.id,
+            token = record.token,
+            "session started"
+        );
         effects.push(Effect::SessionStarted(record.clone()));
         let lock_deadline = self.spec.socket.then_some(now.mono + LOCK_TIMEOUT);
-        self.state = State::Session { record, lock_deadline };
+        self.state = State::Session {
+            record,
+            lock_deadline,
+        };
     }
 
-    fn end_session(&mut self, reason: StopReason, fault: Option<Fault>, now: Now, effects: &mut Vec<Effect>) {
-        let State::Session { record, .. } = &mut self.state else { return };
+    fn end_session(
+        &mut self,
+        reason: StopReason,
+        fault: Option<Fault>,
+        now: Now,
+        effects: &mut Vec<Effect>,
+    ) {
+        let State::Session { record, .. } = &mut self.state else {
+            return;
+        };
         let mut record = std::mem::replace(
             record,
             SessionRecord {
@@ -542,7 +626,11 @@ impl Evse {
         );
         effects.push(Effect::SessionEnded(record));
         let connected = self.board.as_ref().is_some_and(|b| b.cp.ev_connected());
-        self.state = if connected { State::Finishing } else { State::Available };
+        self.state = if connected {
+            State::Finishing
+        } else {
+            State::Available
+        };
     }
 
     /// The current the EVSE may offer (A): the lowest of its rating, the
@@ -557,7 +645,9 @@ impl Evse {
         if let Some(limit) = self.limit {
             let limit_a = match limit.unit {
                 LimitUnit::Amps => limit.value,
-                LimitUnit::Watts => limit.value / (self.spec.nominal_voltage_v * f64::from(self.spec.phases)),
+                LimitUnit::Watts => {
+                    limit.value / (self.spec.nominal_voltage_v * f64::from(self.spec.phases))
+                }
             };
             amps = amps.min(limit_a);
         }
@@ -565,7 +655,11 @@ impl Evse {
     }
 
     fn lock_confirmed(&self) -> bool {
-        !self.spec.socket || self.board.as_ref().is_some_and(|b| b.lock == LockState::Locked)
+        !self.spec.socket
+            || self
+                .board
+                .as_ref()
+                .is_some_and(|b| b.lock == LockState::Locked)
     }
 
     /// What the board must drive now.
@@ -573,7 +667,9 @@ impl Evse {
         let in_session = matches!(self.state, State::Session { .. });
         let pwm = if in_session && self.lock_confirmed() {
             match self.spec.kind {
-                Kind::Ac => PwmOutput::for_current(self.offered_current()).unwrap_or(PwmOutput::Off),
+                Kind::Ac => {
+                    PwmOutput::for_current(self.offered_current()).unwrap_or(PwmOutput::Off)
+                }
                 Kind::Dc => PwmOutput::DIGITAL,
             }
         } else {
@@ -585,7 +681,11 @@ impl Evse {
             && (in_session
                 || matches!(self.state, State::Faulted(Fault::ContactorWelded))
                 || matches!(self.state, State::Recovering { record: Some(_) }));
-        Outputs { pwm, contactors, lock }
+        Outputs {
+            pwm,
+            contactors,
+            lock,
+        }
     }
 
     pub fn status(&self) -> ConnectorStatus {
@@ -647,7 +747,10 @@ impl Evse {
         let mut deadlines = vec![];
         match &self.state {
             State::Authorized { deadline, .. } => deadlines.push(*deadline),
-            State::Session { lock_deadline: Some(at), .. } => deadlines.push(*at),
+            State::Session {
+                lock_deadline: Some(at),
+                ..
+            } => deadlines.push(*at),
             _ => {}
         }
         if let Some(at) = self.limit.and_then(|l| l.expires) {

@@ -75,9 +75,17 @@ impl PwmOutput {
     /// 6 A, where no charging may be offered. Above 80 A the table ends.
     pub fn for_current(amps: f64) -> Option<PwmOutput> {
         if !(6.0..=80.0).contains(&amps) {
-            return if amps > 80.0 { Some(PwmOutput::Duty(960)) } else { None };
+            return if amps > 80.0 {
+                Some(PwmOutput::Duty(960))
+            } else {
+                None
+            };
         }
-        let percent = if amps <= 51.0 { amps / 0.6 } else { amps / 2.5 + 64.0 };
+        let percent = if amps <= 51.0 {
+            amps / 0.6
+        } else {
+            amps / 2.5 + 64.0
+        };
         // Round down so the offer never exceeds the limit.
         Some(PwmOutput::Duty((percent * 10.0).floor() as u16))
     }
@@ -138,7 +146,11 @@ pub struct Measurement {
 
 impl Measurement {
     pub fn power_w(&self) -> f64 {
-        self.voltage_v.iter().zip(self.current_a).map(|(v, i)| v * i).sum()
+        self.voltage_v
+            .iter()
+            .zip(self.current_a)
+            .map(|(v, i)| v * i)
+            .sum()
     }
 }
 
@@ -190,7 +202,10 @@ mod tests {
         for amps in [6.0, 10.0, 16.0, 20.0, 32.0, 40.0, 63.0, 80.0] {
             let duty = PwmOutput::for_current(amps).unwrap();
             let back = duty.offered_current();
-            assert!(back <= amps + 1e-9 && back > amps - 0.1, "{amps} A -> {duty:?} -> {back}");
+            assert!(
+                back <= amps + 1e-9 && back > amps - 0.1,
+                "{amps} A -> {duty:?} -> {back}"
+            );
         }
         assert_eq!(PwmOutput::DIGITAL.offered_current(), 0.0);
         assert_eq!(PwmOutput::Off.offered_current(), 0.0);

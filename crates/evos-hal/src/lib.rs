@@ -17,9 +17,7 @@ pub mod can;
 pub mod gpio;
 pub mod mcu;
 
-pub use board::{
-    BoardEvent, BoardStatus, CpState, LockState, Measurement, PwmOutput, SafetyBoard,
-};
+pub use board::{BoardEvent, BoardStatus, CpState, LockState, Measurement, PwmOutput, SafetyBoard};
 
 /// Errors of the hardware layer.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +38,10 @@ pub enum HalError {
 
 impl HalError {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        HalError::Io { what: what.into(), source }
+        HalError::Io {
+            what: what.into(),
+            source,
+        }
     }
 }
 

@@ -18,7 +18,11 @@ pub enum ConfigError {
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {path}: key `{key}`: {why}")]
-    Invalid { path: PathBuf, key: String, why: String },
+    Invalid {
+        path: PathBuf,
+        key: String,
+        why: String,
+    },
 }
 
 /// A semantic check failed for `key` (the dotted path, e.g. `evse.evse[0].phases`).
@@ -31,7 +35,10 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn new(key: impl Into<String>, why: impl Into<String>) -> Self {
-        Invalid { key: key.into(), why: why.into() }
+        Invalid {
+            key: key.into(),
+            why: why.into(),
+        }
     }
 }
 
@@ -47,18 +54,28 @@ pub fn parse<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigEr
 
 /// Read and parse the file at `path`.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     parse(&text, path)
 }
 
 /// Attach the file name to a semantic error.
 pub fn invalid(path: &Path, e: Invalid) -> ConfigError {
-    ConfigError::Invalid { path: path.to_owned(), key: e.key, why: e.why }
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        key: e.key,
+        why: e.why,
+    }
 }
 
 fn fold(message: &str) -> String {
-    let lines: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "|").collect();
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "|")
+        .collect();
     lines.join(" ")
 }
 
@@ -82,7 +99,11 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = parse::<File>("[evse]\nmax_current_a = 16\nmax_curent = 3\n", Path::new("x.toml")).unwrap_err();
+        let err = parse::<File>(
+            "[evse]\nmax_current_a = 16\nmax_curent = 3\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("max_curent"), "{msg}");
         assert!(msg.contains("x.toml"), "{msg}");
@@ -91,7 +112,8 @@ mod tests {
 
     #[test]
     fn bad_type_is_named() {
-        let err = parse::<File>("[evse]\nmax_current_a = \"lots\"\n", Path::new("x.toml")).unwrap_err();
+        let err =
+            parse::<File>("[evse]\nmax_current_a = \"lots\"\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("max_current_a"), "{err}");
     }
 

@@ -20,7 +20,9 @@ pub fn init(service: &str) {
         && let Ok(journald) = tracing_journald::layer()
     {
         let journald = journald.with_syslog_identifier(format!("evos-{service}"));
-        let _ = tracing_subscriber::registry().with(journald.with_filter(filter)).try_init();
+        let _ = tracing_subscriber::registry()
+            .with(journald.with_filter(filter))
+            .try_init();
         return;
     }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -23,17 +23,25 @@ pub fn decode(wire: &[u8]) -> Result<(u8, Vec<u8>), HalError> {
         return Err(HalError::Frame("empty frame".into()));
     }
     if wire.len() > MAX_FRAME + MAX_FRAME / 254 + 2 {
-        return Err(HalError::Frame(format!("frame of {} bytes is too long", wire.len())));
+        return Err(HalError::Frame(format!(
+            "frame of {} bytes is too long",
+            wire.len()
+        )));
     }
     let raw = cobs::decode_vec(wire).map_err(|e| HalError::Frame(format!("bad COBS: {e:?}")))?;
     if raw.len() < 5 {
-        return Err(HalError::Frame(format!("frame of {} bytes is too short", raw.len())));
+        return Err(HalError::Frame(format!(
+            "frame of {} bytes is too short",
+            raw.len()
+        )));
     }
     let (body, crc) = raw.split_at(raw.len() - 4);
     let expected = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
     let actual = crc32fast::hash(body);
     if expected != actual {
-        return Err(HalError::Frame(format!("CRC mismatch: got {expected:#010x}, computed {actual:#010x}")));
+        return Err(HalError::Frame(format!(
+            "CRC mismatch: got {expected:#010x}, computed {actual:#010x}"
+        )));
     }
     Ok((body[0], body[1..].to_vec()))
 }
@@ -48,7 +56,10 @@ mod tests {
         // KeepAlive seq 1: body 01 01 00 00 00, CRC-32 of it.
         let wire = encode(0x01, &1u32.to_le_bytes());
         assert_eq!(*wire.last().unwrap(), 0);
-        assert!(!wire[..wire.len() - 1].contains(&0), "COBS leaves no zero inside");
+        assert!(
+            !wire[..wire.len() - 1].contains(&0),
+            "COBS leaves no zero inside"
+        );
         let (kind, payload) = decode(&wire[..wire.len() - 1]).unwrap();
         assert_eq!((kind, payload.as_slice()), (0x01, &[1, 0, 0, 0][..]));
     }
@@ -58,7 +69,10 @@ mod tests {
         let mut wire = encode(0x04, &[1]);
         wire[2] ^= 0x40;
         let err = decode(&wire[..wire.len() - 1]).unwrap_err();
-        assert!(err.to_string().contains("CRC") || err.to_string().contains("COBS"), "{err}");
+        assert!(
+            err.to_string().contains("CRC") || err.to_string().contains("COBS"),
+            "{err}"
+        );
     }
 
     proptest! {

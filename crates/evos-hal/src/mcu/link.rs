@@ -30,13 +30,18 @@ impl std::str::FromStr for LinkAddress {
         }
         if let Some(rest) = s.strip_prefix("serial:") {
             let (path, baud) = match rest.split_once("?baud=") {
-                Some((path, baud)) => (path, baud.parse().map_err(|_| bad("baud is not a number"))?),
+                Some((path, baud)) => {
+                    (path, baud.parse().map_err(|_| bad("baud is not a number"))?)
+                }
                 None => (rest, 115_200),
             };
             if path.is_empty() {
                 return Err(bad("no device path"));
             }
-            return Ok(LinkAddress::Serial { path: path.into(), baud });
+            return Ok(LinkAddress::Serial {
+                path: path.into(),
+                baud,
+            });
         }
         Err(bad("expected unix:PATH or serial:DEVICE[?baud=N]"))
     }
@@ -45,7 +50,9 @@ impl std::str::FromStr for LinkAddress {
 impl std::fmt::Display for LinkAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LinkAddress::Serial { path, baud } => write!(f, "serial:{}?baud={baud}", path.display()),
+            LinkAddress::Serial { path, baud } => {
+                write!(f, "serial:{}?baud={baud}", path.display())
+            }
             LinkAddress::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
@@ -63,7 +70,11 @@ pub struct McuStream<R, W> {
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> McuStream<R, W> {
     pub fn new(reader: R, writer: W) -> Self {
-        McuStream { reader: BufReader::new(reader), writer, pending: Vec::new() }
+        McuStream {
+            reader: BufReader::new(reader),
+            writer,
+            pending: Vec::new(),
+        }
     }
 
     /// The next frame as (type, payload); `Ok(None)` at end of stream, `Err`
@@ -92,8 +103,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> McuStream<R, W> {
 
     pub async fn write_frame(&mut self, kind: u8, payload: &[u8]) -> Result<()> {
         let wire = frame::encode(kind, payload);
-        self.writer.write_all(&wire).await.map_err(|e| HalError::io("MCU link", e))?;
-        self.writer.flush().await.map_err(|e| HalError::io("MCU link", e))
+        self.writer
+            .write_all(&wire)
+            .await
+            .map_err(|e| HalError::io("MCU link", e))?;
+        self.writer
+            .flush()
+            .await
+            .map_err(|e| HalError::io("MCU link", e))
     }
 
     pub fn into_parts(self) -> (BufReader<R>, Vec<u8>, W) {
@@ -126,7 +143,10 @@ impl McuBoard {
             LinkAddress::Serial { path, baud } => {
                 let builder = tokio_serial::new(path.to_string_lossy(), *baud);
                 let port = tokio_serial::SerialStream::open(&builder).map_err(|e| {
-                    HalError::io(format!("opening {}", path.display()), std::io::Error::other(e))
+                    HalError::io(
+                        format!("opening {}", path.display()),
+                        std::io::Error::other(e),
+                    )
                 })?;
                 let (r, w) = tokio::io::split(port);
                 (Box::new(r), Box::new(w))
@@ -136,9 +156,17 @@ impl McuBoard {
     }
 
     /// A board over an already open byte stream.
-    pub async fn from_stream(reader: BoxedReader, writer: BoxedWriter, name: String) -> Result<Self> {
+    pub async fn from_stream(
+        reader: BoxedReader,
+        writer: BoxedWriter,
+        name: String,
+    ) -> Result<Self> {
         let (tx, events) = mpsc::channel(64);
-        let reader_task = tokio::spawn(read_events(McuStream::new(reader, tokio::io::empty()), tx, name));
+        let reader_task = tokio::spawn(read_events(
+            McuStream::new(reader, tokio::io::empty()),
+            tx,
+            name,
+        ));
         let mut board = McuBoard {
             writer: McuStream::new(tokio::io::empty(), writer),
             events,
@@ -187,7 +215,10 @@ async fn read_events(
             Ok(McuMessage::Measurement(m)) => BoardEvent::Measurement(m),
             Ok(McuMessage::Token(t)) => BoardEvent::Token(t),
             Ok(McuMessage::KeepAliveAck { .. }) => continue,
-            Ok(McuMessage::Nack { rejected_type, reason }) => {
+            Ok(McuMessage::Nack {
+                rejected_type,
+                reason,
+            }) => {
                 tracing::error!(link = %name, "MCU rejected a frame of type {rejected_type:#04x}: {reason:?}");
                 continue;
             }
@@ -207,7 +238,8 @@ impl SafetyBoard for McuBoard {
         self.send(HostMessage::SetPwm(output)).await
     }
     async fn set_contactors(&mut self, closed: bool, phases: u8) -> Result<()> {
-        self.send(HostMessage::SetContactors { closed, phases }).await
+        self.send(HostMessage::SetContactors { closed, phases })
+            .await
     }
     async fn set_lock(&mut self, locked: bool) -> Result<()> {
         self.send(HostMessage::SetLock { locked }).await
@@ -229,11 +261,22 @@ mod tests {
     #[test]
     fn addresses_parse() {
         assert_eq!(
-            "serial:/dev/ttyS1?baud=9600".parse::<LinkAddress>().unwrap(),
-            LinkAddress::Serial { path: "/dev/ttyS1".into(), baud: 9600 }
+            "serial:/dev/ttyS1?baud=9600"
+                .parse::<LinkAddress>()
+                .unwrap(),
+            LinkAddress::Serial {
+                path: "/dev/ttyS1".into(),
+                baud: 9600
+            }
         );
-        assert_eq!("unix:/tmp/x".parse::<LinkAddress>().unwrap(), LinkAddress::Unix("/tmp/x".into()));
-        let err = "tcp:1.2.3.4".parse::<LinkAddress>().unwrap_err().to_string();
+        assert_eq!(
+            "unix:/tmp/x".parse::<LinkAddress>().unwrap(),
+            LinkAddress::Unix("/tmp/x".into())
+        );
+        let err = "tcp:1.2.3.4"
+            .parse::<LinkAddress>()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tcp:1.2.3.4"), "{err}");
         assert!("serial:/dev/x?baud=fast".parse::<LinkAddress>().is_err());
     }
@@ -242,15 +285,23 @@ mod tests {
     async fn board_talks_frames_and_survives_garbage() {
         let (host, mcu) = tokio::io::duplex(1024);
         let (hr, hw) = tokio::io::split(host);
-        let mut board = McuBoard::from_stream(Box::new(hr), Box::new(hw), "test".into()).await.unwrap();
+        let mut board = McuBoard::from_stream(Box::new(hr), Box::new(hw), "test".into())
+            .await
+            .unwrap();
         let (mr, mw) = tokio::io::split(mcu);
         let mut mcu = McuStream::new(mr, mw);
 
         let (kind, payload) = mcu.read_frame().await.unwrap().unwrap();
-        assert_eq!(HostMessage::decode(kind, &payload).unwrap(), HostMessage::GetStatus);
+        assert_eq!(
+            HostMessage::decode(kind, &payload).unwrap(),
+            HostMessage::GetStatus
+        );
 
         // Line noise, then a good Status frame: the host resynchronises.
-        mcu.writer.write_all(&[0x13, 0x37, 0xff, 0x00]).await.unwrap();
+        mcu.writer
+            .write_all(&[0x13, 0x37, 0xff, 0x00])
+            .await
+            .unwrap();
         let status = BoardStatus {
             cp: CpState::B,
             cable_rating_a: None,
@@ -261,13 +312,19 @@ mod tests {
         };
         let (k, p) = McuMessage::Status(status.clone()).encode();
         mcu.write_frame(k, &p).await.unwrap();
-        assert_eq!(board.next_event().await.unwrap(), BoardEvent::Status(status));
+        assert_eq!(
+            board.next_event().await.unwrap(),
+            BoardEvent::Status(status)
+        );
 
         board.set_contactors(true, 3).await.unwrap();
         let (kind, payload) = mcu.read_frame().await.unwrap().unwrap();
         assert_eq!(
             HostMessage::decode(kind, &payload).unwrap(),
-            HostMessage::SetContactors { closed: true, phases: 3 }
+            HostMessage::SetContactors {
+                closed: true,
+                phases: 3
+            }
         );
 
         drop(mcu);

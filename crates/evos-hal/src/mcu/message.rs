@@ -1,7 +1,7 @@
 //! Typed messages of the safety-MCU link and their payload encoding.
 
-use crate::board::{BoardStatus, CpState, LockState, Measurement, PwmOutput};
 use crate::HalError;
+use crate::board::{BoardStatus, CpState, LockState, Measurement, PwmOutput};
 
 /// Types 0xE0..=0xEF are the simulator's; a real link rejects them.
 pub const SIM_TYPES: std::ops::RangeInclusive<u8> = 0xE0..=0xEF;
@@ -25,10 +25,15 @@ pub enum NackReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum McuMessage {
     Status(BoardStatus),
-    KeepAliveAck { seq: u32 },
+    KeepAliveAck {
+        seq: u32,
+    },
     Measurement(Measurement),
     Token(String),
-    Nack { rejected_type: u8, reason: NackReason },
+    Nack {
+        rejected_type: u8,
+        reason: NackReason,
+    },
 }
 
 /// A little-endian reader over a payload that fails instead of panicking.
@@ -40,7 +45,10 @@ struct Payload<'a> {
 impl<'a> Payload<'a> {
     fn take<const N: usize>(&mut self) -> Result<[u8; N], HalError> {
         if self.bytes.len() < N {
-            return Err(HalError::Frame(format!("type {:#04x}: payload too short", self.kind)));
+            return Err(HalError::Frame(format!(
+                "type {:#04x}: payload too short",
+                self.kind
+            )));
         }
         let (head, rest) = self.bytes.split_at(N);
         self.bytes = rest;
@@ -67,14 +75,21 @@ impl<'a> Payload<'a> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
-            other => Err(HalError::Frame(format!("type {:#04x}: {other} is not a boolean", self.kind))),
+            other => Err(HalError::Frame(format!(
+                "type {:#04x}: {other} is not a boolean",
+                self.kind
+            ))),
         }
     }
     fn end(self) -> Result<(), HalError> {
         if self.bytes.is_empty() {
             Ok(())
         } else {
-            Err(HalError::Frame(format!("type {:#04x}: {} trailing bytes", self.kind, self.bytes.len())))
+            Err(HalError::Frame(format!(
+                "type {:#04x}: {} trailing bytes",
+                self.kind,
+                self.bytes.len()
+            )))
         }
     }
 }
@@ -101,14 +116,19 @@ impl HostMessage {
                 p.extend_from_slice(&duty.to_le_bytes());
                 (0x02, p)
             }
-            HostMessage::SetContactors { closed, phases } => (0x03, vec![u8::from(*closed), *phases]),
+            HostMessage::SetContactors { closed, phases } => {
+                (0x03, vec![u8::from(*closed), *phases])
+            }
             HostMessage::SetLock { locked } => (0x04, vec![u8::from(*locked)]),
             HostMessage::GetStatus => (0x05, vec![]),
         }
     }
 
     pub fn decode(kind: u8, payload: &[u8]) -> Result<Self, HalError> {
-        let mut p = Payload { bytes: payload, kind };
+        let mut p = Payload {
+            bytes: payload,
+            kind,
+        };
         let msg = match kind {
             0x01 => HostMessage::KeepAlive { seq: p.u32()? },
             0x02 => {
@@ -122,7 +142,10 @@ impl HostMessage {
                     m => return Err(HalError::Frame(format!("unknown PWM mode {m}"))),
                 })
             }
-            0x03 => HostMessage::SetContactors { closed: p.bool()?, phases: p.u8()? },
+            0x03 => HostMessage::SetContactors {
+                closed: p.bool()?,
+                phases: p.u8()?,
+            },
             0x04 => HostMessage::SetLock { locked: p.bool()? },
             0x05 => HostMessage::GetStatus,
             other => return Err(unknown(other)),
@@ -157,7 +180,9 @@ impl McuMessage {
             McuMessage::Measurement(m) => {
                 let mut p = Vec::with_capacity(26);
                 for v in m.voltage_v {
-                    p.extend_from_slice(&((v * 10.0).round().clamp(0.0, 65535.0) as u16).to_le_bytes());
+                    p.extend_from_slice(
+                        &((v * 10.0).round().clamp(0.0, 65535.0) as u16).to_le_bytes(),
+                    );
                 }
                 for i in m.current_a {
                     p.extend_from_slice(&((i * 1000.0).round() as i32).to_le_bytes());
@@ -166,12 +191,18 @@ impl McuMessage {
                 (0x83, p)
             }
             McuMessage::Token(uid) => (0x84, uid.as_bytes().to_vec()),
-            McuMessage::Nack { rejected_type, reason } => (0x85, vec![*rejected_type, *reason as u8]),
+            McuMessage::Nack {
+                rejected_type,
+                reason,
+            } => (0x85, vec![*rejected_type, *reason as u8]),
         }
     }
 
     pub fn decode(kind: u8, payload: &[u8]) -> Result<Self, HalError> {
-        let mut p = Payload { bytes: payload, kind };
+        let mut p = Payload {
+            bytes: payload,
+            kind,
+        };
         let msg = match kind {
             0x81 => {
                 let cp = p.u8()?;
@@ -223,7 +254,10 @@ impl McuMessage {
                     3 => NackReason::BadPayload,
                     r => return Err(HalError::Frame(format!("nack reason {r}"))),
                 };
-                McuMessage::Nack { rejected_type, reason }
+                McuMessage::Nack {
+                    rejected_type,
+                    reason,
+                }
             }
             other => return Err(unknown(other)),
         };
@@ -253,26 +287,41 @@ mod tests {
         let (kind, payload) = McuMessage::Status(status()).encode();
         assert_eq!(kind, 0x81);
         assert_eq!(payload, vec![b'C', 32, 1, 1, 0b10]);
-        assert_eq!(McuMessage::decode(kind, &payload).unwrap(), McuMessage::Status(status()));
+        assert_eq!(
+            McuMessage::decode(kind, &payload).unwrap(),
+            McuMessage::Status(status())
+        );
     }
 
     #[test]
     fn set_pwm_bytes_are_as_documented() {
-        assert_eq!(HostMessage::SetPwm(PwmOutput::Duty(266)).encode(), (0x02, vec![1, 0x0a, 0x01]));
-        assert_eq!(HostMessage::SetPwm(PwmOutput::Minus12V).encode(), (0x02, vec![2, 0, 0]));
+        assert_eq!(
+            HostMessage::SetPwm(PwmOutput::Duty(266)).encode(),
+            (0x02, vec![1, 0x0a, 0x01])
+        );
+        assert_eq!(
+            HostMessage::SetPwm(PwmOutput::Minus12V).encode(),
+            (0x02, vec![2, 0, 0])
+        );
     }
 
     #[test]
     fn simulator_types_are_rejected() {
         let err = McuMessage::decode(0xE3, &[]).unwrap_err();
-        assert!(err.to_string().contains("reserved for the simulator"), "{err}");
+        assert!(
+            err.to_string().contains("reserved for the simulator"),
+            "{err}"
+        );
         assert!(HostMessage::decode(0xE0, &[]).is_err());
     }
 
     #[test]
     fn trailing_bytes_are_rejected() {
         assert!(HostMessage::decode(0x04, &[1, 9]).is_err());
-        assert!(HostMessage::decode(0x04, &[7]).is_err(), "7 is not a boolean");
+        assert!(
+            HostMessage::decode(0x04, &[7]).is_err(),
+            "7 is not a boolean"
+        );
     }
 
     fn host_message() -> impl Strategy<Value = HostMessage> {
@@ -281,7 +330,8 @@ mod tests {
             Just(HostMessage::SetPwm(PwmOutput::Off)),
             Just(HostMessage::SetPwm(PwmOutput::Minus12V)),
             (0u16..=1000).prop_map(|d| HostMessage::SetPwm(PwmOutput::Duty(d))),
-            (any::<bool>(), 1u8..=3).prop_map(|(closed, phases)| HostMessage::SetContactors { closed, phases }),
+            (any::<bool>(), 1u8..=3)
+                .prop_map(|(closed, phases)| HostMessage::SetContactors { closed, phases }),
             any::<bool>().prop_map(|locked| HostMessage::SetLock { locked }),
             Just(HostMessage::GetStatus),
         ]

@@ -1,0 +1,324 @@
+//! `evos ctl`: inspect and drive a running stack over D-Bus.
+//!
+//! The bus is found by `--bus`, `EVOS_BUS_ADDRESS`, `--data-dir` (its
+//! `bus.address`), or the most recent `evos sim` (a runtime file).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use evos_bus::evse::Evse1Proxy;
+use evos_bus::sim::Sim1Proxy;
+use zbus::Connection;
+
+#[derive(Args)]
+pub struct CtlArgs {
+    /// D-Bus address of the stack.
+    #[arg(long)]
+    bus: Option<String>,
+    /// Data directory of an `evos sim`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Every EVSE: status, CP state, power, energy, session.
+    Status,
+    /// Start a session for a token (as a remote start).
+    Start { evse: u32, token: String },
+    /// Stop the active session.
+    Stop {
+        evse: u32,
+        #[arg(long, default_value = "Remote")]
+        reason: String,
+    },
+    /// Limit charging to VALUE amps (A) or watts (W).
+    Limit {
+        evse: u32,
+        value: f64,
+        #[arg(value_parser = ["A", "W"])]
+        unit: String,
+        /// Seconds until the limit expires (default: until cleared).
+        #[arg(long = "for", default_value_t = 0)]
+        duration_s: u32,
+    },
+    /// Move the simulated world.
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+#[derive(Subcommand)]
+enum SimCommand {
+    /// Plug an EV in.
+    Plug {
+        evse: u32,
+        /// EV profile (ac-11kw, ac-22kw, ac-7kw-1ph, ac-nearly-full, dc-400v).
+        #[arg(long, default_value = "")]
+        ev: String,
+    },
+    Unplug {
+        evse: u32,
+    },
+    /// Hold an RFID card to the reader.
+    Swipe {
+        evse: u32,
+        token: String,
+    },
+    /// Inject a fault: rcd, welded, lock, diode, state-e, state-f.
+    Fault {
+        evse: u32,
+        kind: String,
+    },
+    /// Clear every injected fault.
+    Clear {
+        evse: u32,
+    },
+    /// What the simulator sees at each EVSE.
+    Status,
+}
+
+/// Where `evos sim` records its data directory for `evos ctl` to find.
+pub fn runtime_file() -> PathBuf {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("evos-{}", unsafe { libc::getuid() }))
+        });
+    base.join("evos-sim.current")
+}
+
+fn bus_address(args: &CtlArgs) -> Result<String> {
+    if let Some(bus) = &args.bus {
+        return Ok(bus.clone());
+    }
+    if let Ok(bus) = std::env::var(evos_bus::BUS_ADDRESS_ENV) {
+        return Ok(bus);
+    }
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let file = runtime_file();
+            let dir = std::fs::read_to_string(&file).map_err(|_| {
+                anyhow::anyhow!("no running evos sim found: start one with `evos sim`, or pass --bus or --data-dir")
+            })?;
+            PathBuf::from(dir.trim())
+        }
+    };
+    read_address(&data_dir)
+}
+
+fn read_address(data_dir: &Path) -> Result<String> {
+    let file = data_dir.join("bus.address");
+    let text = std::fs::read_to_string(&file).with_context(|| {
+        format!(
+            "no evos sim is running on {} (no {})",
+            data_dir.display(),
+            file.display()
+        )
+    })?;
+    Ok(text.trim().to_owned())
+}
+
+pub fn main(args: CtlArgs) -> Result<i32> {
+    let address = bus_address(&args)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let connection = evos_bus::connection_builder(Some(&address))
+            .build()
+            .await
+            .with_context(|| {
+                format!("cannot connect to the bus at {address} (is the stack running?)")
+            })?;
+        run(&connection, &args).await
+    })
+}
+
+fn bus_error(e: evos_bus::Error) -> anyhow::Error {
+    match e {
+        evos_bus::Error::ZBus(zbus::Error::MethodError(name, Some(msg), _)) => {
+            anyhow::anyhow!("{name}: {msg}")
+        }
+        evos_bus::Error::ZBus(e) => anyhow::anyhow!("{e}"),
+        other => anyhow::anyhow!("{}: {}", other.dbus_name(), other_message(&other)),
+    }
+}
+
+fn other_message(e: &evos_bus::Error) -> String {
+    use evos_bus::Error::*;
+    match e {
+        InvalidArgument(m) | NotPermitted(m) | Busy(m) | NotFound(m) | NotSupported(m)
+        | Failed(m) => m.clone(),
+        ZBus(e) => e.to_string(),
+    }
+}
+
+async fn evse(connection: &Connection, id: u32) -> Result<Evse1Proxy<'static>> {
+    Ok(Evse1Proxy::builder(connection)
+        .path(evos_bus::evse::path(id))
+        .build()
+        .await?)
+}
+
+async fn run(connection: &Connection, args: &CtlArgs) -> Result<i32> {
+    match &args.command {
+        CtlCommand::Status => status(connection, args.json).await,
+        CtlCommand::Start { evse: id, token } => {
+            evse(connection, *id)
+                .await?
+                .start_session(token)
+                .await
+                .map_err(bus_error)?;
+            Ok(0)
+        }
+        CtlCommand::Stop { evse: id, reason } => {
+            evse(connection, *id)
+                .await?
+                .stop_session(reason)
+                .await
+                .map_err(bus_error)?;
+            Ok(0)
+        }
+        CtlCommand::Limit {
+            evse: id,
+            value,
+            unit,
+            duration_s,
+        } => {
+            evse(connection, *id)
+                .await?
+                .set_charging_limit(*value, unit, *duration_s)
+                .await
+                .map_err(bus_error)?;
+            Ok(0)
+        }
+        CtlCommand::Sim(cmd) => {
+            let sim = Sim1Proxy::new(connection).await?;
+            match cmd {
+                SimCommand::Plug { evse, ev } => sim.plug(*evse, ev).await,
+                SimCommand::Unplug { evse } => sim.unplug(*evse).await,
+                SimCommand::Swipe { evse, token } => sim.swipe(*evse, token).await,
+                SimCommand::Fault { evse, kind } => sim.fault(*evse, kind).await,
+                SimCommand::Clear { evse } => sim.clear(*evse).await,
+                SimCommand::Status => {
+                    let all = sim.evses().await.map_err(bus_error)?;
+                    for e in all {
+                        if args.json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"evse": e.evse, "ev": e.ev_profile, "cp": e.cp_state,
+                                "offered_a": e.offered_a, "relays_closed": e.relays_closed, "locked": e.locked,
+                                "current_a": e.current_a, "soc": e.soc_percent, "meter_wh": e.meter_wh,
+                                "faults": e.faults, "host_connected": e.host_connected})
+                            );
+                        } else {
+                            println!(
+                                "EVSE {}: ev={} cp={} offered={:.1}A relays={} locked={} current={:.1}A soc={:.1}% meter={:.0}Wh faults=[{}]",
+                                e.evse,
+                                if e.ev_profile.is_empty() { "-" } else { &e.ev_profile },
+                                e.cp_state, e.offered_a, e.relays_closed, e.locked, e.current_a, e.soc_percent, e.meter_wh,
+                                e.faults.join(",")
+                            );
+                        }
+                    }
+                    return Ok(0);
+                }
+            }
+            .map_err(bus_error)?;
+            Ok(0)
+        }
+    }
+}
+
+async fn status(connection: &Connection, json: bool) -> Result<i32> {
+    let manager = zbus::fdo::ObjectManagerProxy::builder(connection)
+        .destination(evos_bus::evse::BUS_NAME)
+        .path(evos_bus::evse::ROOT_PATH)
+        .build()
+        .await?;
+    let objects = manager
+        .get_managed_objects()
+        .await
+        .map_err(|e| anyhow::anyhow!("the evse service does not answer on this bus: {e}"))?;
+    let mut rows = Vec::new();
+    for (_path, interfaces) in objects {
+        let Some(props) = interfaces
+            .iter()
+            .find(|(name, _)| name.as_str() == evos_bus::evse::INTERFACE)
+            .map(|(_, p)| p)
+        else {
+            continue;
+        };
+        rows.push(row(props));
+    }
+    rows.sort_by_key(|r| r["id"].as_u64());
+    if rows.is_empty() {
+        bail!("the evse service serves no EVSE");
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        for r in rows {
+            println!("{}", status_line(&r));
+        }
+    }
+    Ok(0)
+}
+
+fn row(props: &HashMap<String, zbus::OwnedVariant>) -> serde_json::Value {
+    let s = |k: &str| {
+        props
+            .get(k)
+            .and_then(|v| String::try_from(v.clone()).ok())
+            .unwrap_or_default()
+    };
+    let f = |k: &str| {
+        props
+            .get(k)
+            .and_then(|v| f64::try_from(v.clone()).ok())
+            .unwrap_or_default()
+    };
+    let id = props
+        .get("Id")
+        .and_then(|v| u32::try_from(v.clone()).ok())
+        .unwrap_or_default();
+    serde_json::json!({
+        "id": id, "kind": s("Kind"), "status": s("Status"), "cp_state": s("CpState"),
+        "offered_current_a": f("OfferedCurrent"), "power_w": f("PowerW"),
+        "session_energy_wh": f("SessionEnergyWh"), "session_id": s("SessionId"), "fault": s("Fault"),
+    })
+}
+
+/// One human line for an EVSE, shared by `evos ctl status` and `evos sim`.
+pub fn status_line(r: &serde_json::Value) -> String {
+    let fault = r["fault"].as_str().unwrap_or_default();
+    let session = r["session_id"].as_str().unwrap_or_default();
+    format!(
+        "EVSE {} {:<2} {:<13} CP {:<1}  {:>5.1} A  {:>6.2} kW  {:>7.3} kWh{}{}",
+        r["id"],
+        r["kind"].as_str().unwrap_or_default(),
+        r["status"].as_str().unwrap_or_default(),
+        r["cp_state"].as_str().unwrap_or("-"),
+        r["offered_current_a"].as_f64().unwrap_or_default(),
+        r["power_w"].as_f64().unwrap_or_default() / 1000.0,
+        r["session_energy_wh"].as_f64().unwrap_or_default() / 1000.0,
+        if session.is_empty() {
+            String::new()
+        } else {
+            format!("  session {session}")
+        },
+        if fault.is_empty() {
+            String::new()
+        } else {
+            format!("  fault {fault}")
+        },
+    )
+}
