@@ -1,0 +1,184 @@
+//! End-to-end harness: a real broker (dbus-daemon; the embedded broker only
+//! where dbus-daemon is missing outside CI), and the real `evos` services as
+//! processes, each reporting READY over its own NOTIFY_SOCKET as under systemd.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use evos_bus::evse::Evse1Proxy;
+use evos_bus::sim::Sim1Proxy;
+use futures_util::StreamExt;
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+pub const TOKEN: &str = "TEST-TOKEN-1";
+
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub bus: String,
+    pub connection: zbus::Connection,
+    broker: Child,
+    pub hal_sim: Child,
+    pub evse: Child,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for child in [&mut self.evse, &mut self.hal_sim, &mut self.broker] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn evos() -> &'static str {
+    env!("CARGO_BIN_EXE_evos")
+}
+
+fn dbus_daemon_available() -> bool {
+    Command::new("dbus-daemon").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn start_broker(dir: &Path) -> (Child, String) {
+    let socket = dir.join("bus.sock");
+    let address = format!("unix:path={}", socket.display());
+    if dbus_daemon_available() {
+        let conf = dir.join("bus.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "<busconfig><type>session</type><listen>{address}</listen><auth>EXTERNAL</auth>\
+                 <policy context=\"default\"><allow send_destination=\"*\" eavesdrop=\"true\"/>\
+                 <allow eavesdrop=\"true\"/><allow own=\"*\"/></policy></busconfig>"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", conf.display()))
+            .args(["--nofork", "--print-address"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon starts");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        return (child, line.trim().to_owned());
+    }
+    assert!(std::env::var_os("CI").is_none(), "CI must run the tests on dbus-daemon; it is not installed");
+    eprintln!("dbus-daemon not found: using the embedded broker");
+    let (child, _) = spawn_ready(&["run", "broker", "--listen", &address], dir, "broker", &address);
+    (child, address)
+}
+
+/// Start `evos ARGS` and wait until it reports READY=1 on its notify socket.
+fn spawn_ready(args: &[&str], dir: &Path, name: &str, bus: &str) -> (Child, PathBuf) {
+    let notify_path = dir.join(format!("notify-{name}.sock"));
+    let _ = std::fs::remove_file(&notify_path);
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(DEADLINE)).unwrap();
+    let child = Command::new(evos())
+        .args(args)
+        .env("EVOS_BUS_ADDRESS", bus)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("evos starts");
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = notify.recv(&mut buf).unwrap_or_else(|e| panic!("{name} did not report READY: {e}"));
+        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+            break;
+        }
+    }
+    (child, notify_path)
+}
+
+pub fn config(dir: &Path) -> PathBuf {
+    let path = dir.join("evos.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[sim]\ntime_scale = 120.0\n\n[evse]\nallow_list = [\"{TOKEN}\"]\n\n[[evse.evse]]\nid = 1\nkind = \"ac\"\n\
+             link = \"unix:{}\"\nmax_current_a = 32\nphases = 3\n",
+            dir.join("mcu-1.sock").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let (broker, bus) = start_broker(dir.path());
+        let (hal_sim, _) = spawn_ready(&sim_args(&config, dir.path()), dir.path(), "hal-sim", &bus);
+        let evse = Self::spawn_evse_in(dir.path(), &bus);
+        let connection = evos_bus::connection_builder(Some(&bus)).build().await.unwrap();
+        Stack { dir, bus, connection, broker, hal_sim, evse }
+    }
+
+    fn spawn_evse_in(dir: &Path, bus: &str) -> Child {
+        let config = dir.join("evos.toml");
+        let state = dir.join("state");
+        let args = ["run", "evse", "--config", config.to_str().unwrap(), "--state-dir", state.to_str().unwrap()];
+        spawn_ready(&args, dir, "evse", bus).0
+    }
+
+    /// Start `evse` again after it died.
+    pub fn restart_evse(&mut self) {
+        let _ = self.evse.wait();
+        self.evse = Self::spawn_evse_in(self.dir.path(), &self.bus);
+    }
+
+    pub async fn sim(&self) -> Sim1Proxy<'static> {
+        Sim1Proxy::new(&self.connection).await.unwrap()
+    }
+
+    pub async fn evse(&self) -> Evse1Proxy<'static> {
+        Evse1Proxy::builder(&self.connection).path(evos_bus::evse::path(1)).build().await.unwrap()
+    }
+
+    pub async fn sim_evse(&self) -> evos_bus::sim::SimEvse {
+        self.sim().await.evses().await.unwrap().remove(0)
+    }
+}
+
+fn sim_args<'a>(config: &'a Path, dir: &'a Path) -> Vec<&'a str> {
+    let _ = dir;
+    vec!["run", "hal-sim", "--config", config.to_str().unwrap()]
+}
+
+/// Wait until EVSE 1's status is `want`, driven by PropertiesChanged.
+pub async fn wait_status(evse: &Evse1Proxy<'_>, want: &str) {
+    let mut changes = evse.receive_status_changed().await;
+    let result = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if evse.status().await.unwrap() == want {
+                return;
+            }
+            changes.next().await.expect("status stream");
+        }
+    })
+    .await;
+    let now = evse.status().await.unwrap_or_default();
+    assert!(result.is_ok(), "status did not become {want} within {DEADLINE:?}; it is {now}");
+}
+
+/// Wait until the session energy exceeds `wh`.
+pub async fn wait_energy_above(evse: &Evse1Proxy<'_>, wh: f64) -> f64 {
+    let mut changes = evse.receive_session_energy_wh_changed().await;
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let e = evse.session_energy_wh().await.unwrap();
+            if e > wh {
+                return e;
+            }
+            changes.next().await.expect("energy stream");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("session energy did not exceed {wh} Wh within {DEADLINE:?}"))
+}
