@@ -20,7 +20,10 @@ async fn ac_session_plug_swipe_charge_unplug() {
     wait_status(&evse, "Charging").await;
     let world = stack.sim_evse().await;
     assert!(world.relays_closed && world.locked, "{world:?}");
-    assert!((world.offered_a - 32.0).abs() < 0.1, "32 A offered by PWM: {world:?}");
+    assert!(
+        (world.offered_a - 32.0).abs() < 0.1,
+        "32 A offered by PWM: {world:?}"
+    );
     assert_eq!(world.current_a, 16.0, "the car draws its own maximum");
 
     let first = wait_energy_above(&evse, 0.0).await;
@@ -28,7 +31,13 @@ async fn ac_session_plug_swipe_charge_unplug() {
     assert!(later > first);
 
     sim.unplug(1).await.unwrap();
-    let record = tokio::time::timeout(DEADLINE, ended.next()).await.unwrap().unwrap().args().unwrap().record;
+    let record = tokio::time::timeout(DEADLINE, ended.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .args()
+        .unwrap()
+        .record;
     wait_status(&evse, "Available").await;
     assert_eq!(record.token, TOKEN);
     assert_eq!(record.stop_reason, "EVDisconnected");
@@ -37,8 +46,14 @@ async fn ac_session_plug_swipe_charge_unplug() {
     assert!(!stack.sim_evse().await.relays_closed);
 
     let sessions = evse.sessions().await.unwrap();
-    assert_eq!(sessions.last(), Some(&record), "the ended session is on record");
-    let history = std::fs::read_to_string(stack.dir.path().join("state/sessions/history-1.jsonl")).unwrap();
+    assert_eq!(
+        sessions.last(),
+        Some(&record),
+        "the ended session is on record"
+    );
+    let history =
+        std::fs::read_to_string(stack.dir.path().join("state/evse/sessions/history-1.jsonl"))
+            .unwrap();
     assert!(history.contains(&record.id), "persisted: {history}");
 }
 
@@ -59,11 +74,20 @@ async fn rcd_trip_opens_contactors_and_ends_session() {
     let world = stack.sim_evse().await;
     assert!(!world.relays_closed, "contactors open: {world:?}");
     assert_eq!(world.offered_a, 0.0, "no PWM offer while faulted");
-    let record = tokio::time::timeout(DEADLINE, ended.next()).await.unwrap().unwrap().args().unwrap().record;
+    let record = tokio::time::timeout(DEADLINE, ended.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .args()
+        .unwrap()
+        .record;
     assert_eq!(record.fault, "RcdTripped");
     assert_eq!(record.stop_reason, "Other");
     assert!(record.energy_wh() > 0.0);
-    assert!(evse.sessions().await.unwrap().contains(&record), "nothing lost");
+    assert!(
+        evse.sessions().await.unwrap().contains(&record),
+        "nothing lost"
+    );
 
     sim.clear(1).await.unwrap();
     wait_status(&evse, "Preparing").await;
@@ -87,15 +111,32 @@ async fn kill_9_of_evse_mid_session_resumes_the_session() {
 
     let evse = stack.evse().await;
     wait_status(&evse, "Charging").await;
-    assert_eq!(evse.session_id().await.unwrap(), session, "the same session goes on");
+    assert_eq!(
+        evse.session_id().await.unwrap(),
+        session,
+        "the same session goes on"
+    );
     let after = wait_energy_above(&evse, before).await;
-    assert!(after > before, "energy keeps counting from the meter: {before} -> {after}");
+    assert!(
+        after > before,
+        "energy keeps counting from the meter: {before} -> {after}"
+    );
     let sessions = evse.sessions().await.unwrap();
-    assert_eq!(sessions.iter().filter(|s| s.id == session).count(), 1, "not duplicated");
+    assert_eq!(
+        sessions.iter().filter(|s| s.id == session).count(),
+        1,
+        "not duplicated"
+    );
 
     let mut ended = evse.receive_session_ended().await.unwrap();
     sim.swipe(1, TOKEN).await.unwrap(); // the same card stops its session
-    let record = tokio::time::timeout(DEADLINE, ended.next()).await.unwrap().unwrap().args().unwrap().record;
+    let record = tokio::time::timeout(DEADLINE, ended.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .args()
+        .unwrap()
+        .record;
     assert_eq!(record.id, session);
     assert_eq!(record.stop_reason, "Local");
     wait_status(&evse, "Finishing").await;

@@ -38,7 +38,11 @@ fn evos() -> &'static str {
 }
 
 fn dbus_daemon_available() -> bool {
-    Command::new("dbus-daemon").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("dbus-daemon")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn start_broker(dir: &Path) -> (Child, String) {
@@ -63,12 +67,24 @@ fn start_broker(dir: &Path) -> (Child, String) {
             .spawn()
             .expect("dbus-daemon starts");
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
         return (child, line.trim().to_owned());
     }
-    assert!(std::env::var_os("CI").is_none(), "CI must run the tests on dbus-daemon; it is not installed");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the tests on dbus-daemon; it is not installed"
+    );
     eprintln!("dbus-daemon not found: using the embedded broker");
-    let (child, _) = spawn_ready(&["run", "broker", "--listen", &address], dir, "broker", &address);
+    let (child, _) = spawn_ready(
+        &["run", "broker", "--listen", &address],
+        dir,
+        "broker",
+        &address,
+    );
     (child, address)
 }
 
@@ -87,8 +103,13 @@ fn spawn_ready(args: &[&str], dir: &Path, name: &str, bus: &str) -> (Child, Path
         .expect("evos starts");
     let mut buf = [0u8; 1024];
     loop {
-        let n = notify.recv(&mut buf).unwrap_or_else(|e| panic!("{name} did not report READY: {e}"));
-        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+        let n = notify
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("{name} did not report READY: {e}"));
+        if String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "READY=1")
+        {
             break;
         }
     }
@@ -116,14 +137,33 @@ impl Stack {
         let (broker, bus) = start_broker(dir.path());
         let (hal_sim, _) = spawn_ready(&sim_args(&config, dir.path()), dir.path(), "hal-sim", &bus);
         let evse = Self::spawn_evse_in(dir.path(), &bus);
-        let connection = evos_bus::connection_builder(Some(&bus)).build().await.unwrap();
-        Stack { dir, bus, connection, broker, hal_sim, evse }
+        let connection = evos_bus::connection_builder(Some(&bus))
+            .build()
+            .await
+            .unwrap();
+        let stack = Stack {
+            dir,
+            bus,
+            connection,
+            broker,
+            hal_sim,
+            evse,
+        };
+        wait_cp(&stack.evse().await, "A").await;
+        stack
     }
 
     fn spawn_evse_in(dir: &Path, bus: &str) -> Child {
         let config = dir.join("evos.toml");
         let state = dir.join("state");
-        let args = ["run", "evse", "--config", config.to_str().unwrap(), "--state-dir", state.to_str().unwrap()];
+        let args = [
+            "run",
+            "evse",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
         spawn_ready(&args, dir, "evse", bus).0
     }
 
@@ -138,7 +178,11 @@ impl Stack {
     }
 
     pub async fn evse(&self) -> Evse1Proxy<'static> {
-        Evse1Proxy::builder(&self.connection).path(evos_bus::evse::path(1)).build().await.unwrap()
+        Evse1Proxy::builder(&self.connection)
+            .path(evos_bus::evse::path(1))
+            .build()
+            .await
+            .unwrap()
     }
 
     pub async fn sim_evse(&self) -> evos_bus::sim::SimEvse {
@@ -164,7 +208,10 @@ pub async fn wait_status(evse: &Evse1Proxy<'_>, want: &str) {
     })
     .await;
     let now = evse.status().await.unwrap_or_default();
-    assert!(result.is_ok(), "status did not become {want} within {DEADLINE:?}; it is {now}");
+    assert!(
+        result.is_ok(),
+        "status did not become {want} within {DEADLINE:?}; it is {now}"
+    );
 }
 
 /// Wait until the session energy exceeds `wh`.
@@ -181,4 +228,19 @@ pub async fn wait_energy_above(evse: &Evse1Proxy<'_>, wh: f64) -> f64 {
     })
     .await
     .unwrap_or_else(|_| panic!("session energy did not exceed {wh} Wh within {DEADLINE:?}"))
+}
+
+/// Wait until EVSE 1 reports control pilot state `want` (the board is heard).
+pub async fn wait_cp(evse: &Evse1Proxy<'_>, want: &str) {
+    let mut changes = evse.receive_cp_state_changed().await;
+    let result = tokio::time::timeout(DEADLINE, async {
+        while evse.cp_state().await.unwrap() != want {
+            changes.next().await.expect("CP stream");
+        }
+    })
+    .await;
+    assert!(
+        result.is_ok(),
+        "CP state did not become {want} within {DEADLINE:?}"
+    );
 }

@@ -428,6 +428,7 @@ impl Driver {
                         let _ = tx.send(Ok(Some(status.as_str().to_owned())));
                     }
                     self.apply(&mut board, &mut applied).await;
+                    self.publish().await;
                     continue;
                 }
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Input::Tick,
@@ -453,6 +454,7 @@ impl Driver {
                 }
             }
             self.apply(&mut board, &mut applied).await;
+            self.publish().await;
         }
     }
 
@@ -498,7 +500,6 @@ impl Driver {
                 }
             }
         }
-        self.publish().await;
         Ok(authorizing)
     }
 
@@ -525,51 +526,33 @@ impl Driver {
         let Some(iface) = &self.iface else { return };
         let emitter = iface.signal_emitter();
         let object = iface.get().await;
-        let results = [
-            if new.status != old.status {
-                Some(object.status_changed(emitter).await)
-            } else {
-                None
-            },
-            if new.cp_state != old.cp_state {
-                Some(object.cp_state_changed(emitter).await)
-            } else {
-                None
-            },
-            if new.offered_current != old.offered_current {
-                Some(object.offered_current_changed(emitter).await)
-            } else {
-                None
-            },
-            if new.power_w != old.power_w {
-                Some(object.power_w_changed(emitter).await)
-            } else {
-                None
-            },
-            if new.session_energy_wh != old.session_energy_wh {
-                Some(object.session_energy_wh_changed(emitter).await)
-            } else {
-                None
-            },
-            if new.session_id != old.session_id {
-                Some(object.session_id_changed(emitter).await)
-            } else {
-                None
-            },
-            if new.fault != old.fault {
-                Some(object.fault_changed(emitter).await)
-            } else {
-                None
-            },
-            if new.charging_limit != old.charging_limit {
-                Some(object.charging_limit_changed(emitter).await)
-            } else {
-                None
-            },
+        // Status last: a client waiting for a status sees the rest already.
+        let changed = [
+            (new.cp_state != old.cp_state, "CpState"),
+            (new.offered_current != old.offered_current, "OfferedCurrent"),
+            (new.power_w != old.power_w, "PowerW"),
+            (
+                new.session_energy_wh != old.session_energy_wh,
+                "SessionEnergyWh",
+            ),
+            (new.session_id != old.session_id, "SessionId"),
+            (new.fault != old.fault, "Fault"),
+            (new.charging_limit != old.charging_limit, "ChargingLimit"),
+            (new.status != old.status, "Status"),
         ];
-        for result in results.into_iter().flatten() {
+        for (_, name) in changed.iter().filter(|(c, _)| *c) {
+            let result = match *name {
+                "CpState" => object.cp_state_changed(emitter).await,
+                "OfferedCurrent" => object.offered_current_changed(emitter).await,
+                "PowerW" => object.power_w_changed(emitter).await,
+                "SessionEnergyWh" => object.session_energy_wh_changed(emitter).await,
+                "SessionId" => object.session_id_changed(emitter).await,
+                "Fault" => object.fault_changed(emitter).await,
+                "ChargingLimit" => object.charging_limit_changed(emitter).await,
+                _ => object.status_changed(emitter).await,
+            };
             if let Err(e) = result {
-                tracing::warn!("cannot emit PropertiesChanged: {e}");
+                tracing::warn!(property = name, "cannot emit PropertiesChanged: {e}");
             }
         }
         if new.status != old.status {

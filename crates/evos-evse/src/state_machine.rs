@@ -707,8 +707,11 @@ impl Evse {
                     ConnectorStatus::SuspendedEvse
                 } else if cp == Some(CpState::B) {
                     ConnectorStatus::SuspendedEv
-                } else {
+                } else if self.board.as_ref().is_some_and(|b| b.contactors_closed) {
                     ConnectorStatus::Charging
+                } else {
+                    // EV ready, contactors closing: energy does not flow yet.
+                    ConnectorStatus::Preparing
                 }
             }
         }
