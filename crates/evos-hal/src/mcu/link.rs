@@ -152,7 +152,7 @@ impl McuBoard {
                 (Box::new(r), Box::new(w))
             }
         };
-        Ok(Self::from_stream(reader, writer, address.to_string()).await?)
+        Self::from_stream(reader, writer, address.to_string()).await
     }
 
     /// A board over an already open byte stream.
