@@ -355,7 +355,12 @@ impl Evse {
                 _ => return Err(Refusal::NotPermitted("no active session".into())),
             },
             Input::SetLimit(limit) => self.limit = limit,
-            Input::SetAvailable(operative) => self.operative = operative,
+            Input::SetAvailable(operative) => {
+                self.operative = operative;
+                // An EV plugged in while inoperative is noticed now: no new
+                // board status may come, since the pilot has not changed.
+                self.follow_pilot(now, effects);
+            }
             Input::LinkDown => {
                 self.board = None;
                 if !matches!(self.state, State::Faulted(Fault::LinkLost)) {
@@ -372,6 +377,11 @@ impl Evse {
         let Some(cp) = self.board.as_ref().map(|b| b.cp) else {
             return;
         };
+        // A fault takes precedence: check_faults ends the session with it
+        // (CP E and F are faults, not an unplug).
+        if self.detect_fault(now).is_some() {
+            return;
+        }
         let connected = cp.ev_connected();
         match &mut self.state {
             State::Recovering { record } => match record.take() {
@@ -759,7 +769,15 @@ impl Evse {
         if let Some(at) = self.limit.and_then(|l| l.expires) {
             deadlines.push(at);
         }
-        if !self.contactors_commanded && self.board.as_ref().is_some_and(|b| b.contactors_closed) {
+        // Not once the weld is detected, nor while a tripped RCD masks it: a
+        // Tick could change nothing, and a past deadline would spin the service.
+        if !self.contactors_commanded
+            && self.fault() != Some(Fault::ContactorWelded)
+            && self
+                .board
+                .as_ref()
+                .is_some_and(|b| b.contactors_closed && !b.rcd_tripped)
+        {
             deadlines.push(self.contactors_commanded_at + WELD_GRACE);
         }
         deadlines.into_iter().min()

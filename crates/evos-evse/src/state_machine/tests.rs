@@ -587,8 +587,9 @@ fn socket_offers_energy_only_once_the_lock_is_confirmed() {
     rig.advance(Duration::from_millis(300));
     assert_eq!(rig.board(ev(C).cable(32).locked()), []);
     assert_eq!(rig.outputs(), outputs(DUTY_32A, true, true));
-    assert_eq!(rig.status(), ConnectorStatus::Charging);
     assert_eq!(rig.evse.next_deadline(), None);
+    assert_eq!(rig.board(ev(C).cable(32).locked().closed()), []);
+    assert_eq!(rig.status(), ConnectorStatus::Charging);
 
     // The deadline is gone: a Tick after it does nothing.
     rig.advance(LOCK_TIMEOUT);
@@ -641,6 +642,7 @@ fn tethered_cable_needs_no_lock() {
     assert_eq!(rig.outputs(), outputs(DUTY_32A, false, false));
     assert_eq!(rig.board(ev(C)), []);
     assert_eq!(rig.outputs(), outputs(DUTY_32A, true, false));
+    assert_eq!(rig.board(ev(C).closed()), []);
     assert_eq!(rig.status(), ConnectorStatus::Charging);
 
     // No lock deadline: a Tick much later does not fault.
@@ -805,8 +807,9 @@ fn an_expiring_suspension_resumes_charging() {
     assert_eq!(rig.board(ev(C)), [], "contactor feedback opens");
     rig.advance_to(expires);
     rig.tick();
-    assert_eq!(rig.status(), ConnectorStatus::Charging);
     assert!(rig.outputs().contactors);
+    rig.board(ev(C).closed());
+    assert_eq!(rig.status(), ConnectorStatus::Charging);
 }
 
 #[test]
@@ -830,18 +833,21 @@ fn ev_state_drives_contactors_and_status() {
     assert!(!rig.outputs().contactors);
 
     rig.board(ev(C));
-    assert_eq!(rig.status(), ConnectorStatus::Charging);
     assert_eq!(rig.outputs(), outputs(DUTY_32A, true, false));
-
+    // Contactors commanded but their feedback not yet closed: no energy yet.
+    assert_eq!(rig.status(), ConnectorStatus::Preparing);
     rig.board(ev(C).closed());
+    assert_eq!(rig.status(), ConnectorStatus::Charging);
+
     rig.board(ev(B).closed());
     assert_eq!(rig.status(), ConnectorStatus::SuspendedEv);
     assert_eq!(rig.outputs(), outputs(DUTY_32A, false, false));
 
     // D (ventilation required) is ready as well.
     rig.board(ev(D));
-    assert_eq!(rig.status(), ConnectorStatus::Charging);
     assert!(rig.outputs().contactors);
+    rig.board(ev(D).closed());
+    assert_eq!(rig.status(), ConnectorStatus::Charging);
 }
 
 #[test]
@@ -853,6 +859,7 @@ fn dc_signals_digital_communication() {
 
     rig.board(ev(C));
     assert_eq!(rig.outputs(), outputs(PwmOutput::DIGITAL, true, false));
+    rig.board(ev(C).closed());
     assert_eq!(rig.status(), ConnectorStatus::Charging);
 
     // The limit goes to the power modules, not into the pilot.
@@ -945,6 +952,8 @@ fn a_new_token_after_finishing_starts_a_new_session() {
     assert_ne!(second.id, first.id);
     assert_eq!(second.token, "CARD-2");
     assert_eq!(second.start_meter_wh, 4000.0);
+    assert!(rig.outputs().contactors);
+    rig.board(ev(C).closed());
     assert_eq!(rig.status(), ConnectorStatus::Charging);
 }
 
@@ -1409,8 +1418,10 @@ fn restart_with_the_ev_still_connected_resumes_the_session() {
         "no new SessionStarted"
     );
     assert_eq!(rig.evse.session().map(|s| &s.id), Some(&active.id));
-    assert_eq!(rig.status(), ConnectorStatus::Charging);
     assert_eq!(rig.outputs(), outputs(DUTY_32A, true, true));
+    assert_eq!(rig.board(ev(C).cable(32).locked().closed()), []);
+    assert_eq!(rig.status(), ConnectorStatus::Charging);
+    assert_eq!(rig.evse.session().map(|s| &s.id), Some(&active.id));
 
     rig.measure(1500.0);
     let end = ended(rig.board(ev(A)));
@@ -1432,8 +1443,10 @@ fn restart_resumes_and_waits_for_the_lock() {
 
     rig.advance(Duration::from_millis(200));
     assert_eq!(rig.board(ev(C).cable(32).locked()), []);
-    assert_eq!(rig.status(), ConnectorStatus::Charging);
     assert_eq!(rig.evse.next_deadline(), None);
+    assert!(rig.outputs().contactors);
+    assert_eq!(rig.board(ev(C).cable(32).locked().closed()), []);
+    assert_eq!(rig.status(), ConnectorStatus::Charging);
     assert_eq!(rig.evse.session().map(|s| &s.id), Some(&active.id));
 }
 
@@ -1443,9 +1456,10 @@ fn restart_resumes_on_a_tethered_connector_without_a_lock() {
     let mut rig = Rig::restarted(tethered_ac(), Some(active.clone()));
     assert!(!rig.outputs().lock);
     assert_eq!(rig.board(ev(C)), []);
-    assert_eq!(rig.status(), ConnectorStatus::Charging);
     assert!(rig.outputs().contactors);
     assert_eq!(rig.evse.next_deadline(), None);
+    assert_eq!(rig.board(ev(C).closed()), []);
+    assert_eq!(rig.status(), ConnectorStatus::Charging);
 }
 
 #[test]
@@ -1549,4 +1563,27 @@ fn stop_reasons_parse_case_insensitively() {
     assert_eq!(StopReason::parse("LOCAL"), Some(StopReason::Local));
     assert_eq!(StopReason::parse("Unknown"), None);
     assert_eq!(StopReason::EvDisconnected.as_str(), "EVDisconnected");
+}
+
+#[test]
+fn a_fault_at_plug_in_starts_no_session() {
+    let mut rig = idle(tethered_ac());
+    rig.authorize("CARD-1");
+    assert_eq!(
+        rig.board(ev(B).diode()),
+        [],
+        "no SessionStarted + SessionEnded"
+    );
+    assert_faulted(&rig, Fault::DiodeFault);
+
+    let mut rig = idle(Spec {
+        free_vend: true,
+        ..tethered_ac()
+    });
+    assert_eq!(rig.board(ev(B).rcd()), []);
+    assert_faulted(&rig, Fault::RcdTripped);
+    // Cleared with the EV plugged in: it waits, even on free vend.
+    assert_eq!(rig.board(ev(B)), []);
+    assert_eq!(rig.status(), ConnectorStatus::Preparing);
+    assert_eq!(rig.evse.session(), None);
 }
