@@ -145,9 +145,7 @@ impl CanFrame {
         }
         let len = wire[4];
         if len > 8 {
-            return Err(HalError::Frame(format!(
-                "CAN frame length {len} is over 8"
-            )));
+            return Err(HalError::Frame(format!("CAN frame length {len} is over 8")));
         }
         let extended = can_id & CAN_EFF_FLAG != 0;
         let id = can_id & !CAN_EFF_FLAG;
@@ -245,10 +243,9 @@ impl SimCanBus {
     pub async fn connect(hub: impl AsRef<Path>) -> Result<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let hub = hub.as_ref();
-        let name = hub.file_name().map_or_else(
-            || "can".into(),
-            |n| n.to_string_lossy().into_owned(),
-        );
+        let name = hub
+            .file_name()
+            .map_or_else(|| "can".into(), |n| n.to_string_lossy().into_owned());
         let own = hub.with_file_name(format!(
             "{name}.client-{}-{}",
             std::process::id(),
@@ -305,7 +302,10 @@ impl CanBus for SimCanBus {
                     .map(drop)
                     .map_err(|e| HalError::io(format!("sending to {}", self.hub.display()), e))
             }
-            Err(e) => Err(HalError::io(format!("sending to {}", self.hub.display()), e)),
+            Err(e) => Err(HalError::io(
+                format!("sending to {}", self.hub.display()),
+                e,
+            )),
         }
     }
 
@@ -313,11 +313,10 @@ impl CanBus for SimCanBus {
         // One byte more than a frame, so an oversized datagram shows.
         let mut buf = [0u8; WIRE_LEN + 1];
         loop {
-            let n = self
-                .socket
-                .recv(&mut buf)
-                .await
-                .map_err(|e| HalError::io(format!("receiving from {}", self.hub.display()), e))?;
+            let n =
+                self.socket.recv(&mut buf).await.map_err(|e| {
+                    HalError::io(format!("receiving from {}", self.hub.display()), e)
+                })?;
             if n == 0 {
                 continue;
             }
@@ -344,8 +343,8 @@ impl SimCanHub {
     pub async fn bind(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_owned();
         if path.exists() {
-            let probe = UnixDatagram::unbound()
-                .map_err(|e| HalError::io("creating a probe socket", e))?;
+            let probe =
+                UnixDatagram::unbound().map_err(|e| HalError::io("creating a probe socket", e))?;
             if probe.connect(&path).is_ok() {
                 return Err(HalError::Address(
                     format!("sim:{}", path.display()),
@@ -365,6 +364,7 @@ impl SimCanHub {
             to_sim,
             from_sim,
             peer_count,
+            sim_overflowing: false,
         };
         Ok(SimCanHub {
             path,
@@ -408,6 +408,8 @@ impl CanBus for SimCanHub {
 struct Peer {
     path: PathBuf,
     backlog: VecDeque<[u8; WIRE_LEN]>,
+    /// Dropping frames; warn once per episode, not per frame.
+    overflowing: bool,
 }
 
 struct HubTask {
@@ -416,6 +418,7 @@ struct HubTask {
     to_sim: mpsc::Sender<Result<CanFrame>>,
     from_sim: mpsc::Receiver<CanFrame>,
     peer_count: watch::Sender<usize>,
+    sim_overflowing: bool,
 }
 
 impl HubTask {
@@ -450,6 +453,7 @@ impl HubTask {
             self.peers.push(Peer {
                 path: path.clone(),
                 backlog: VecDeque::new(),
+                overflowing: false,
             });
             self.peer_count.send_replace(self.peers.len());
         }
@@ -457,14 +461,23 @@ impl HubTask {
             return; // registration only
         }
         let frame = CanFrame::from_wire(bytes).map_err(|e| {
-            let who = from.as_deref().map_or("an unnamed client".into(), |p| p.display().to_string());
+            let who = from
+                .as_deref()
+                .map_or("an unnamed client".into(), |p| p.display().to_string());
             HalError::Frame(format!("from {who}: {e}"))
         });
         if let Ok(frame) = &frame {
             self.forward(frame.to_wire(), from.as_deref());
         }
-        if self.to_sim.try_send(frame).is_err() {
-            tracing::warn!("CAN hub: the simulator is not reading; dropped a frame");
+        match self.to_sim.try_send(frame) {
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.sim_overflowing {
+                    tracing::warn!("CAN hub: the simulator is not reading; dropping frames");
+                }
+                self.sim_overflowing = true;
+            }
+            // Closed: the handle is going away and the task with it.
+            _ => self.sim_overflowing = false,
         }
     }
 
@@ -476,7 +489,13 @@ impl HubTask {
             }
             if peer.backlog.len() >= HUB_BACKLOG {
                 peer.backlog.pop_front();
-                tracing::warn!("CAN hub: {} is not reading; dropped a frame", peer.path.display());
+                if !peer.overflowing {
+                    tracing::warn!(
+                        "CAN hub: {} is not reading; dropping frames",
+                        peer.path.display()
+                    );
+                }
+                peer.overflowing = true;
             }
             peer.backlog.push_back(wire);
         }
@@ -492,6 +511,7 @@ impl HubTask {
                 match socket.try_send_to(wire, &peer.path) {
                     Ok(_) => {
                         peer.backlog.pop_front();
+                        peer.overflowing = false;
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
                     Err(e) => {

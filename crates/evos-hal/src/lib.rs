@@ -34,6 +34,8 @@ pub enum HalError {
     LinkDown,
     #[error("bad hardware address `{0}`: {1}")]
     Address(String, String),
+    #[error("boot environment: {0}")]
+    BootEnv(String),
 }
 
 impl HalError {
