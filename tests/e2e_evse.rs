@@ -3,8 +3,7 @@
 
 mod harness;
 
-use futures_util::StreamExt;
-use harness::{DEADLINE, Stack, TOKEN, wait_energy_above, wait_status};
+use harness::{Stack, TOKEN, next_ended, wait_energy_above, wait_status};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ac_session_plug_swipe_charge_unplug() {
@@ -31,13 +30,7 @@ async fn ac_session_plug_swipe_charge_unplug() {
     assert!(later > first);
 
     sim.unplug(1).await.unwrap();
-    let record = tokio::time::timeout(DEADLINE, ended.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .args()
-        .unwrap()
-        .record;
+    let record = next_ended(&mut ended).await;
     wait_status(&evse, "Available").await;
     assert_eq!(record.token, TOKEN);
     assert_eq!(record.stop_reason, "EVDisconnected");
@@ -74,13 +67,7 @@ async fn rcd_trip_opens_contactors_and_ends_session() {
     let world = stack.sim_evse().await;
     assert!(!world.relays_closed, "contactors open: {world:?}");
     assert_eq!(world.offered_a, 0.0, "no PWM offer while faulted");
-    let record = tokio::time::timeout(DEADLINE, ended.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .args()
-        .unwrap()
-        .record;
+    let record = next_ended(&mut ended).await;
     assert_eq!(record.fault, "RcdTripped");
     assert_eq!(record.stop_reason, "Other");
     assert!(record.energy_wh() > 0.0);
@@ -130,13 +117,7 @@ async fn kill_9_of_evse_mid_session_resumes_the_session() {
 
     let mut ended = evse.receive_session_ended().await.unwrap();
     sim.swipe(1, TOKEN).await.unwrap(); // the same card stops its session
-    let record = tokio::time::timeout(DEADLINE, ended.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .args()
-        .unwrap()
-        .record;
+    let record = next_ended(&mut ended).await;
     assert_eq!(record.id, session);
     assert_eq!(record.stop_reason, "Local");
     wait_status(&evse, "Finishing").await;

@@ -244,3 +244,14 @@ pub async fn wait_cp(evse: &Evse1Proxy<'_>, want: &str) {
         "CP state did not become {want} within {DEADLINE:?}"
     );
 }
+
+/// The record of the next SessionEnded signal.
+pub async fn next_ended(
+    ended: &mut evos_bus::evse::SessionEndedStream,
+) -> evos_bus::evse::SessionRecord {
+    let signal = tokio::time::timeout(DEADLINE, ended.next())
+        .await
+        .unwrap_or_else(|_| panic!("no SessionEnded within {DEADLINE:?}"))
+        .expect("signal stream");
+    signal.args().expect("SessionEnded arguments").record
+}
