@@ -369,7 +369,7 @@ async fn supervise(
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let scenario = async {
         match &args.scenario {
-            Some(name) => scenario::run(name, &connection, args.evses).await,
+            Some(name) => scenario::run(name, &connection).await,
             None => std::future::pending().await,
         }
     };

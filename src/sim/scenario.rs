@@ -14,7 +14,7 @@ pub const NAMES: &[&str] = &["ac-session", "dc-session"];
 const TARGET_WH: f64 = 250.0;
 const STEP_DEADLINE: Duration = Duration::from_secs(30);
 
-pub async fn run(name: &str, connection: &zbus::Connection, _evses: u32) -> Result<String> {
+pub async fn run(name: &str, connection: &zbus::Connection) -> Result<String> {
     match name {
         "ac-session" => ac_session(connection).await,
         "dc-session" => bail!(

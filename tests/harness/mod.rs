@@ -135,7 +135,7 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         let (broker, bus) = start_broker(dir.path());
-        let (hal_sim, _) = spawn_ready(&sim_args(&config, dir.path()), dir.path(), "hal-sim", &bus);
+        let (hal_sim, _) = spawn_ready(&sim_args(&config), dir.path(), "hal-sim", &bus);
         let evse = Self::spawn_evse_in(dir.path(), &bus);
         let connection = evos_bus::connection_builder(Some(&bus))
             .build()
@@ -190,8 +190,7 @@ impl Stack {
     }
 }
 
-fn sim_args<'a>(config: &'a Path, dir: &'a Path) -> Vec<&'a str> {
-    let _ = dir;
+fn sim_args(config: &Path) -> Vec<&str> {
     vec!["run", "hal-sim", "--config", config.to_str().unwrap()]
 }
 

@@ -112,10 +112,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> McuStream<R, W> {
             .await
             .map_err(|e| HalError::io("MCU link", e))
     }
-
-    pub fn into_parts(self) -> (BufReader<R>, Vec<u8>, W) {
-        (self.reader, self.pending, self.writer)
-    }
 }
 
 type BoxedReader = Box<dyn AsyncRead + Send + Unpin>;
