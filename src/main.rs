@@ -6,6 +6,7 @@
 
 mod config;
 mod ctl;
+mod ocmf_cli;
 #[cfg(feature = "sim")]
 mod sim;
 
@@ -46,6 +47,8 @@ enum Command {
     Sim(sim::SimArgs),
     /// Inspect and drive a running stack.
     Ctl(ctl::CtlArgs),
+    /// Check OCMF signed meter values (a user-side transparency check).
+    Ocmf(ocmf_cli::OcmfArgs),
 }
 
 fn main() {
@@ -61,6 +64,7 @@ fn main() {
         #[cfg(feature = "sim")]
         Command::Sim(args) => sim::main(args),
         Command::Ctl(args) => ctl::main(args),
+        Command::Ocmf(args) => ocmf_cli::main(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,0 +1,1 @@
+//! OCMF (Open Charge Metering Format) records. Being written.
