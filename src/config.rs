@@ -19,6 +19,7 @@ pub struct StationConfig {
     #[serde(default)]
     pub station: StationSection,
     pub evse: Option<evos_evse::Config>,
+    pub meter: Option<evos_meter::Config>,
     #[cfg(feature = "sim")]
     #[serde(default)]
     pub sim: hal_sim::Config,
@@ -29,6 +30,11 @@ impl StationConfig {
         let config: StationConfig = evos_service::config::load(path)?;
         if let Some(evse) = &config.evse {
             evse.validate()
+                .map_err(|e| evos_service::config::invalid(path, e))?;
+        }
+        if let Some(meter) = &config.meter {
+            meter
+                .validate()
                 .map_err(|e| evos_service::config::invalid(path, e))?;
         }
         #[cfg(feature = "sim")]

@@ -76,9 +76,15 @@ enum SimCommand {
         evse: u32,
         kind: String,
     },
-    /// Clear every injected fault.
+    /// Clear every injected fault, the meter's included.
     Clear {
         evse: u32,
+    },
+    /// Inject a fault into the EVSE's emulated meter: offline, exception,
+    /// backwards, jump, garbage; `clear` clears the meter's faults.
+    MeterFault {
+        evse: u32,
+        kind: String,
     },
     /// What the simulator sees at each EVSE.
     Status,
@@ -208,6 +214,7 @@ async fn run(connection: &Connection, args: &CtlArgs) -> Result<i32> {
                 SimCommand::Swipe { evse, token } => sim.swipe(*evse, token).await,
                 SimCommand::Fault { evse, kind } => sim.fault(*evse, kind).await,
                 SimCommand::Clear { evse } => sim.clear(*evse).await,
+                SimCommand::MeterFault { evse, kind } => sim.meter_fault(*evse, kind).await,
                 SimCommand::Status => {
                     let all = sim.evses().await.map_err(bus_error)?;
                     for e in all {
@@ -217,15 +224,17 @@ async fn run(connection: &Connection, args: &CtlArgs) -> Result<i32> {
                                 serde_json::json!({"evse": e.evse, "ev": e.ev_profile, "cp": e.cp_state,
                                 "offered_a": e.offered_a, "relays_closed": e.relays_closed, "locked": e.locked,
                                 "current_a": e.current_a, "soc": e.soc_percent, "meter_wh": e.meter_wh,
-                                "faults": e.faults, "host_connected": e.host_connected})
+                                "faults": e.faults, "meter_faults": e.meter_faults,
+                                "host_connected": e.host_connected})
                             );
                         } else {
                             println!(
-                                "EVSE {}: ev={} cp={} offered={:.1}A relays={} locked={} current={:.1}A soc={:.1}% meter={:.0}Wh faults=[{}]",
+                                "EVSE {}: ev={} cp={} offered={:.1}A relays={} locked={} current={:.1}A soc={:.1}% meter={:.0}Wh faults=[{}] meter_faults=[{}]",
                                 e.evse,
                                 if e.ev_profile.is_empty() { "-" } else { &e.ev_profile },
                                 e.cp_state, e.offered_a, e.relays_closed, e.locked, e.current_a, e.soc_percent, e.meter_wh,
-                                e.faults.join(",")
+                                e.faults.join(","),
+                                e.meter_faults.join(",")
                             );
                         }
                     }

@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one service: evse, hal-sim (simulator builds), broker (simulator builds).
+    /// Run one service: evse, meter, hal-sim (simulator builds), broker (simulator builds).
     Run {
         service: String,
         /// The station config file.
@@ -105,6 +105,18 @@ fn run_service(
             runtime()?.block_on(evos_evse::run(evse, &dir, bus.as_deref()))?;
             Ok(0)
         }
+        "meter" => {
+            let config = StationConfig::load(config_path)?;
+            let meter = config
+                .meter
+                .clone()
+                .with_context(|| format!("config {}: no [meter] section", config_path.display()))?;
+            let dir = config.state_dir(state_dir.as_deref(), "meter");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create state dir {}", dir.display()))?;
+            runtime()?.block_on(evos_meter::run(meter, &dir, bus.as_deref()))?;
+            Ok(0)
+        }
         #[cfg(feature = "sim")]
         "hal-sim" => {
             let config = StationConfig::load(config_path)?;
@@ -121,7 +133,7 @@ fn run_service(
         other => {
             let _ = listen;
             bail!(
-                "unknown service `{other}`; this build runs: evse{}",
+                "unknown service `{other}`; this build runs: evse, meter{}",
                 if cfg!(feature = "sim") {
                     ", hal-sim, broker"
                 } else {

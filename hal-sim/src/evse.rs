@@ -1,6 +1,7 @@
 //! One simulated EVSE: the safety MCU's firmware (answering the real MCU
 //! protocol from `evos_hal::mcu` on a Unix socket), the EV plugged into it,
-//! and the electrical physics between them.
+//! and the electrical physics between them. What the EVSE's meter sees is
+//! published as [`Terminals`] for its emulated Modbus meter.
 //!
 //! Like a real MCU it enforces safety on its own: contactors open when the
 //! RCD trips, when the EV leaves state C/D, and when the host's keep-alives
@@ -16,10 +17,11 @@ use evos_hal::{BoardStatus, CpState, HalError, LockState, Measurement, PwmOutput
 use tokio::io::Empty;
 use tokio::net::UnixListener;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
 use crate::ev::{Ev, EvProfile};
+use crate::meter::{DEFAULT_DC_VOLTAGE_V, MeterFaultKind, Terminals};
 
 /// Nominal phase voltage of the simulated grid (V).
 const GRID_V: f64 = 230.0;
@@ -77,7 +79,10 @@ pub enum Command {
     Unplug(Reply),
     Swipe(String, Reply),
     Fault(FaultKind, Reply),
+    /// Clear every fault, the meter's included.
     Clear(Reply),
+    MeterFault(MeterFaultKind, Reply),
+    ClearMeterFaults(Reply),
     Snapshot(oneshot::Sender<SimEvse>),
 }
 
@@ -95,6 +100,7 @@ struct World {
     ev: Option<Ev>,
     commanded: Commanded,
     faults: BTreeSet<FaultKind>,
+    meter_faults: BTreeSet<MeterFaultKind>,
     /// Welded contacts stay where they were when the fault struck.
     welded_closed: bool,
     meter_wh: f64,
@@ -193,8 +199,40 @@ impl World {
         m
     }
 
-    fn step_physics(&mut self, dt: Duration) {
-        let (amps, phases) = self.current();
+    /// What the meter sees: the same energy register, voltages and currents
+    /// the MCU reports in its Measurement.
+    fn terminals(&self) -> Terminals {
+        let m = self.measurement();
+        // The simulator has no DC power path yet (no power modules; a DC EV
+        // draws no current in `Ev::ac_current`), so a DC meter sees the EV's
+        // battery voltage (its profile's, or 400 V where the profile gives
+        // none) while the contactors connect it, and the current the EV
+        // draws: 0 A until DC physics exists.
+        let (dc_voltage_v, dc_current_a) = match &self.ev {
+            Some(ev) if ev.profile.dc && self.contactors_closed() => {
+                let v = if ev.profile.battery_voltage_v > 0.0 {
+                    ev.profile.battery_voltage_v
+                } else {
+                    DEFAULT_DC_VOLTAGE_V
+                };
+                (v, self.current().0)
+            }
+            _ => (0.0, 0.0),
+        };
+        Terminals {
+            energy_wh: m.energy_wh,
+            voltage_v: m.voltage_v,
+            current_a: m.current_a,
+            dc_voltage_v,
+            dc_current_a,
+            faults: self.meter_faults.clone(),
+        }
+    }
+
+    /// Move energy for `dt` at `current` (amps per phase, phases): the
+    /// current that flowed during `dt`, which may differ from the current
+    /// now.
+    fn step_physics(&mut self, dt: Duration, (amps, phases): (f64, u8)) {
         let energy_wh =
             GRID_V * amps * f64::from(phases) * dt.as_secs_f64() / 3600.0 * self.time_scale;
         self.meter_wh += energy_wh;
@@ -220,6 +258,11 @@ impl World {
             soc_percent: self.ev.as_ref().map_or(0.0, |e| e.soc),
             meter_wh: self.meter_wh,
             faults: self.faults.iter().map(|f| f.as_str().to_owned()).collect(),
+            meter_faults: self
+                .meter_faults
+                .iter()
+                .map(|f| f.as_str().to_owned())
+                .collect(),
             host_connected,
         }
     }
@@ -237,13 +280,17 @@ async fn next_frame(host: &mut Option<Host>) -> Result<Option<(u8, Vec<u8>)>, Ha
     }
 }
 
-/// Run one EVSE until its command channel closes.
+/// Run one EVSE until its command channel closes, publishing what its
+/// meter sees on `terminals` whenever the world may have changed (and
+/// before a command's reply, so a caller that got the reply finds the
+/// meter changed).
 pub async fn run(
     spec: SimEvseSpec,
     time_scale: f64,
     meter_wh: f64,
     listener: UnixListener,
     mut commands: mpsc::Receiver<Command>,
+    terminals: watch::Sender<Terminals>,
 ) {
     let id = spec.id;
     let mut world = World {
@@ -252,6 +299,7 @@ pub async fn run(
         ev: None,
         commanded: Commanded::default(),
         faults: BTreeSet::new(),
+        meter_faults: BTreeSet::new(),
         welded_closed: false,
         meter_wh,
         last_keepalive: None,
@@ -264,7 +312,9 @@ pub async fn run(
     let mut steps: u32 = 0;
 
     loop {
-        let flowing = world.current().0 > 0.0;
+        terminals.send_replace(world.terminals());
+        let current = world.current();
+        let flowing = current.0 > 0.0;
         let keepalive_deadline = world
             .last_keepalive
             .filter(|_| !world.keepalive_expired())
@@ -329,7 +379,7 @@ pub async fn run(
                             world.ev = Some(Ev::new(profile));
                             Ok(())
                         };
-                        let _ = reply.send(result);
+                        settle(&world, &terminals, reply, result);
                     }
                     Command::Unplug(reply) => {
                         let result = if world.ev.take().is_some() {
@@ -338,7 +388,7 @@ pub async fn run(
                         } else {
                             Err(evos_bus::Error::NotPermitted(format!("EVSE {id}: nothing is plugged in")))
                         };
-                        let _ = reply.send(result);
+                        settle(&world, &terminals, reply, result);
                     }
                     Command::Swipe(token, reply) => {
                         let result = if connected {
@@ -355,11 +405,21 @@ pub async fn run(
                             world.welded_closed = world.contactors_closed();
                         }
                         world.faults.insert(kind);
-                        let _ = reply.send(Ok(()));
+                        settle(&world, &terminals, reply, Ok(()));
                     }
                     Command::Clear(reply) => {
                         world.faults.clear();
-                        let _ = reply.send(Ok(()));
+                        world.meter_faults.clear();
+                        settle(&world, &terminals, reply, Ok(()));
+                    }
+                    Command::MeterFault(kind, reply) => {
+                        tracing::warn!(evse = id, fault = kind.as_str(), "meter fault injected");
+                        world.meter_faults.insert(kind);
+                        settle(&world, &terminals, reply, Ok(()));
+                    }
+                    Command::ClearMeterFaults(reply) => {
+                        world.meter_faults.clear();
+                        settle(&world, &terminals, reply, Ok(()));
                     }
                     Command::Snapshot(reply) => {
                         let _ = reply.send(world.snapshot(connected));
@@ -368,7 +428,7 @@ pub async fn run(
             }
             _ = physics.tick(), if flowing => {
                 let now = Instant::now();
-                world.step_physics(now - last_step);
+                world.step_physics(now - last_step, current);
                 last_step = now;
                 steps += 1;
                 force_measurement = steps.is_multiple_of(MEASUREMENT_EVERY);
@@ -377,17 +437,19 @@ pub async fn run(
                 tracing::warn!(evse = id, "host keep-alive timed out: contactors open, pilot off");
             }
         }
-        let now_flowing = world.current().0 > 0.0;
+        let now_current = world.current();
+        let now_flowing = now_current.0 > 0.0;
         if now_flowing && !flowing {
             last_step = Instant::now();
             physics.reset();
         }
-        if flowing && !now_flowing {
-            // Account for the part-step up to the moment current stopped.
+        if flowing && now_current != current {
+            // Account for the part-step up to the moment the current
+            // stopped or changed, at the current that flowed until then.
             let now = Instant::now();
-            world.step_physics(now - last_step);
+            world.step_physics(now - last_step, current);
             last_step = now;
-            force_measurement = true;
+            force_measurement |= !now_flowing;
         }
         if host.is_none() {
             sent = None;
@@ -402,6 +464,17 @@ pub async fn run(
             send(&mut host, McuMessage::Measurement(world.measurement())).await;
         }
     }
+}
+
+/// Publish the world to the meter, then answer the command.
+fn settle(
+    world: &World,
+    terminals: &watch::Sender<Terminals>,
+    reply: Reply,
+    result: Result<(), evos_bus::Error>,
+) {
+    terminals.send_replace(world.terminals());
+    let _ = reply.send(result);
 }
 
 fn apply_host_message(world: &mut World, msg: HostMessage) {

@@ -1,21 +1,26 @@
 //! hal-sim: the simulated physical world (`evos run hal-sim`).
 //!
 //! It fakes physics, never protocols: each EVSE's safety MCU answers the
-//! real MCU protocol on a Unix socket, so `evse` runs the same code as on a
-//! charger. The world is moved over `org.evos.Sim1` (`evos ctl sim …`).
+//! real MCU protocol on a Unix socket, and each EVSE's meter answers Modbus
+//! TCP on a loopback address, so `evse` and `meter` run the same code as on
+//! a charger. The world is moved over `org.evos.Sim1` (`evos ctl sim …`).
 
 pub mod ev;
 pub mod evse;
+pub mod meter;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use evos_bus::sim::SimEvse;
+use evos_meter::register_map::RegisterMap;
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use zbus::interface;
 
 use crate::evse::{Command, FaultKind, SimEvseSpec};
+use crate::meter::{MeterFaultKind, MeterServer, MeterUnit, Terminals};
 
 /// The `[sim]` section of evos.toml.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -70,6 +75,19 @@ pub fn profile_names() -> Vec<&'static str> {
     ev::PROFILES.iter().map(|p| p.name).collect()
 }
 
+/// A `MeterFault` kind: `Some` fault, or `None` for `clear`.
+fn parse_meter_fault(kind: &str) -> Result<Option<MeterFaultKind>, evos_bus::Error> {
+    if kind == "clear" {
+        return Ok(None);
+    }
+    MeterFaultKind::parse(kind).map(Some).ok_or_else(|| {
+        evos_bus::Error::InvalidArgument(format!(
+            "unknown meter fault `{kind}`; known: {}",
+            evos_bus::sim::METER_FAULT_KINDS.join(", ")
+        ))
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error("D-Bus: {0}")]
@@ -80,15 +98,35 @@ pub enum SimError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen for Modbus TCP on {address}: {source}")]
+    MeterListen {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("two meters answer as unit {unit} on {address}")]
+    MeterUnitTaken { address: SocketAddr, unit: u8 },
 }
 
-/// An EVSE the simulator serves: its id and where its MCU link listens.
+/// An EVSE the simulator serves: its id, where its MCU link listens, and
+/// the meter it emulates.
 #[derive(Debug, Clone)]
 pub struct EvseSite {
     pub id: u32,
     pub socket_path: PathBuf,
     pub socket_outlet: bool,
     pub dc: bool,
+    pub meter: Option<MeterSite>,
+}
+
+/// A meter hal-sim emulates: a Modbus TCP server on `listen` answering as
+/// `unit` with the registers of `map`. Meters may share an address (as
+/// behind a gateway) if their units differ.
+#[derive(Debug, Clone)]
+pub struct MeterSite {
+    pub listen: SocketAddr,
+    pub unit: u8,
+    pub map: RegisterMap,
 }
 
 struct Sim {
@@ -167,6 +205,20 @@ impl Sim {
         self.command(evse, Command::Clear).await
     }
 
+    async fn meter_fault(&self, evse: u32, kind: &str) -> Result<(), evos_bus::Error> {
+        let kind = parse_meter_fault(kind)?;
+        self.evse(evse)?;
+        if self.sites.get(&evse).is_none_or(|s| s.meter.is_none()) {
+            return Err(evos_bus::Error::NotPermitted(format!(
+                "EVSE {evse} has no emulated meter (configure one in [[meter.meter]])"
+            )));
+        }
+        match kind {
+            Some(kind) => self.command(evse, |tx| Command::MeterFault(kind, tx)).await,
+            None => self.command(evse, Command::ClearMeterFaults).await,
+        }
+    }
+
     async fn evses(&self) -> Result<Vec<SimEvse>, evos_bus::Error> {
         let mut all = Vec::new();
         for (id, tx) in &self.evses {
@@ -193,6 +245,7 @@ pub async fn run(
 ) -> Result<(), SimError> {
     let mut evses = BTreeMap::new();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut meters: BTreeMap<SocketAddr, Vec<MeterUnit>> = BTreeMap::new();
     for site in &sites {
         // A stale socket from a previous run would make bind fail.
         let _ = std::fs::remove_file(&site.socket_path);
@@ -212,7 +265,36 @@ pub async fn run(
             socket_path: site.socket_path.clone(),
             socket_outlet: site.socket_outlet,
         };
-        tasks.spawn(evse::run(spec, config.time_scale, 0.0, listener, rx));
+        let (terminals, watching) = watch::channel(Terminals::default());
+        if let Some(meter) = &site.meter {
+            meters.entry(meter.listen).or_default().push(MeterUnit {
+                unit: meter.unit,
+                map: meter.map.clone(),
+                terminals: watching,
+            });
+        }
+        tasks.spawn(evse::run(
+            spec,
+            config.time_scale,
+            0.0,
+            listener,
+            rx,
+            terminals,
+        ));
+    }
+    let meter_count: usize = meters.values().map(Vec::len).sum();
+    for (address, units) in meters {
+        let server =
+            MeterServer::new(units).map_err(|unit| SimError::MeterUnitTaken { address, unit })?;
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| SimError::MeterListen { address, source })?;
+        tracing::info!(%address, "emulating Modbus TCP meter(s)");
+        tasks.spawn(async move {
+            if let Err(e) = server.serve(listener).await {
+                tracing::error!(%address, "meter server stopped: {e}");
+            }
+        });
     }
     let sim = Sim {
         evses,
@@ -224,9 +306,13 @@ pub async fn run(
         .name(evos_bus::sim::BUS_NAME)
         .build()
         .await?;
-    evos_service::notify::ready(&format!("simulating {} EVSE(s)", sites.len()));
+    evos_service::notify::ready(&format!(
+        "simulating {} EVSE(s), {meter_count} meter(s)",
+        sites.len()
+    ));
     tracing::info!(
         evses = sites.len(),
+        meters = meter_count,
         time_scale = config.time_scale,
         "hal-sim ready"
     );
@@ -242,4 +328,25 @@ pub async fn run(
         let _ = std::fs::remove_file(&site.socket_path);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meter_fault_kinds_parse_and_unknown_ones_list_the_known() {
+        assert_eq!(
+            parse_meter_fault("jump").unwrap(),
+            Some(MeterFaultKind::Jump)
+        );
+        assert_eq!(parse_meter_fault("clear").unwrap(), None);
+        let Err(evos_bus::Error::InvalidArgument(message)) = parse_meter_fault("meteor") else {
+            panic!("an unknown kind is an invalid argument");
+        };
+        assert_eq!(
+            message,
+            "unknown meter fault `meteor`; known: offline, exception, backwards, jump, garbage, clear"
+        );
+    }
 }

@@ -55,13 +55,20 @@ pub struct SimArgs {
 /// Tokens the generated config allows.
 pub const DEMO_TOKENS: &[&str] = &["EVOS-DEMO", "04A1B2C3D4"];
 
-/// The EVSEs hal-sim serves, from the `[evse]` section.
+/// The EVSEs hal-sim serves, from the `[evse]` section, each with the meter
+/// it emulates from `[meter]`: a Modbus TCP server on the meter's loopback
+/// `tcp:` address.
 pub fn sites_of(config: &StationConfig) -> Result<Vec<hal_sim::EvseSite>> {
+    use evos_meter::transport::TransportAddress;
+    use evos_service::config::Invalid;
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
     let evse = config
         .evse
         .as_ref()
         .context("hal-sim needs an [evse] section naming the EVSEs")?;
-    evse.evse
+    let mut sites = evse
+        .evse
         .iter()
         .map(|e| match e.link.parse::<evos_hal::mcu::LinkAddress>() {
             Ok(evos_hal::mcu::LinkAddress::Unix(path)) => Ok(hal_sim::EvseSite {
@@ -69,6 +76,7 @@ pub fn sites_of(config: &StationConfig) -> Result<Vec<hal_sim::EvseSite>> {
                 socket_path: path,
                 socket_outlet: e.socket,
                 dc: e.kind == evos_evse::config::Kind::Dc,
+                meter: None,
             }),
             _ => bail!(
                 "evse.evse id {}: the simulator serves only unix: links, not `{}`",
@@ -76,10 +84,59 @@ pub fn sites_of(config: &StationConfig) -> Result<Vec<hal_sim::EvseSite>> {
                 e.link
             ),
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let Some(meter) = &config.meter else {
+        return Ok(sites);
+    };
+    for (i, spec) in meter.validate()?.into_iter().enumerate() {
+        let key = |k: &str| format!("meter.meter[{i}].{k}");
+        let listen = match &spec.transport {
+            TransportAddress::Tcp { host, port } if *port != 0 => {
+                let ip = match host.as_str() {
+                    "localhost" => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                    host => host.parse::<IpAddr>().ok(),
+                };
+                ip.filter(IpAddr::is_loopback)
+                    .map(|ip| SocketAddr::new(ip, *port))
+            }
+            _ => None,
+        }
+        .ok_or_else(|| {
+            Invalid::new(
+                key("transport"),
+                format!(
+                    "the simulator emulates meters only on loopback Modbus TCP \
+                     (tcp:127.0.0.1:PORT, PORT > 0), not `{}`",
+                    spec.config.transport
+                ),
+            )
+        })?;
+        let unit = spec.config.unit;
+        if sites
+            .iter()
+            .filter_map(|s| s.meter.as_ref())
+            .any(|m| m.listen == listen && m.unit == unit)
+        {
+            return Err(Invalid::new(
+                key("unit"),
+                format!("another meter answers as unit {unit} on {listen}"),
+            )
+            .into());
+        }
+        let evse = spec.config.evse;
+        let site = sites.iter_mut().find(|s| s.id == evse).ok_or_else(|| {
+            Invalid::new(key("evse"), format!("there is no EVSE {evse} in [evse]"))
+        })?;
+        site.meter = Some(hal_sim::MeterSite {
+            listen,
+            unit,
+            map: spec.map,
+        });
+    }
+    Ok(sites)
 }
 
-fn generated_config(args: &SimArgs, run: &Path, time_scale: f64) -> String {
+fn generated_config(args: &SimArgs, run: &Path, time_scale: f64, meter_ports: Vec<u16>) -> String {
     let kind = if args.dc { "dc" } else { "ac" };
     let max = if args.dc { 200 } else { 32 };
     let tokens: Vec<String> = DEMO_TOKENS.iter().map(|t| format!("\"{t}\"")).collect();
@@ -94,13 +151,47 @@ fn generated_config(args: &SimArgs, run: &Path, time_scale: f64) -> String {
             !args.dc
         );
     }
+    // The simulated meters are Modbus TCP servers in hal-sim. The world
+    // runs `time_scale` times faster than the wall clock, and so does the
+    // energy register: the plausibility bound scales with it.
+    let (map, max_power_w) = if args.dc {
+        ("dc-meter", 150_000.0)
+    } else {
+        ("sdm630", 25_000.0)
+    };
+    text += &format!(
+        "\n[meter]\npoll_interval_ms = 1000\nsign = true\nstation_serial = \"{}\"\n",
+        args.station_id
+    );
+    for (id, port) in (1..=args.evses).zip(meter_ports) {
+        text += &format!(
+            "\n[[meter.meter]]\nevse = {id}\nmap = \"{map}\"\ntransport = \"tcp:127.0.0.1:{port}\"\nunit = 1\nserial = \"SIM-{id:04}\"\nmax_power_w = {:?}\n",
+            max_power_w * time_scale
+        );
+    }
     text
+}
+
+/// Free loopback ports for the simulated meters. The kernel hands out a
+/// port and the listener is closed at once; hal-sim binds it a moment
+/// later (ephemeral ports are not reused that quickly).
+fn free_ports(n: u32) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot find free ports for the simulated meters")?;
+    Ok(listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.port())
+        .collect())
 }
 
 /// Merge the user's file over the generated one, section by section.
 fn effective_config(args: &SimArgs, run: &Path) -> Result<String> {
     let time_scale = if args.scenario.is_some() { 60.0 } else { 1.0 };
-    let generated: toml::Table = toml::from_str(&generated_config(args, run, time_scale))?;
+    let ports = free_ports(args.evses)?;
+    let generated: toml::Table = toml::from_str(&generated_config(args, run, time_scale, ports))?;
     let Some(path) = &args.config else {
         return Ok(toml::to_string(&generated)?);
     };
@@ -354,6 +445,7 @@ async fn supervise(
     };
     let mut services = vec![
         Service::new("hal-sim", service_args("hal-sim"), &run)?,
+        Service::new("meter", service_args("meter"), &run)?,
         Service::new("evse", service_args("evse"), &run)?,
     ];
     for service in &mut services {

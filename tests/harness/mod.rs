@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod python;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -21,12 +23,18 @@ pub struct Stack {
     pub connection: zbus::Connection,
     broker: Child,
     pub hal_sim: Child,
+    pub meter: Child,
     pub evse: Child,
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for child in [&mut self.evse, &mut self.hal_sim, &mut self.broker] {
+        for child in [
+            &mut self.evse,
+            &mut self.meter,
+            &mut self.hal_sim,
+            &mut self.broker,
+        ] {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -116,14 +124,31 @@ fn spawn_ready(args: &[&str], dir: &Path, name: &str, bus: &str) -> (Child, Path
     (child, notify_path)
 }
 
+/// A loopback port nobody listens on (the kernel's pick; the listener is
+/// closed at once and the port is not handed out again that quickly).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// The simulated world runs this many times faster than the wall clock.
+pub const TIME_SCALE: f64 = 120.0;
+
 pub fn config(dir: &Path) -> PathBuf {
     let path = dir.join("evos.toml");
     std::fs::write(
         &path,
         format!(
-            "[sim]\ntime_scale = 120.0\n\n[evse]\nallow_list = [\"{TOKEN}\"]\n\n[[evse.evse]]\nid = 1\nkind = \"ac\"\n\
-             link = \"unix:{}\"\nmax_current_a = 32\nphases = 3\n",
-            dir.join("mcu-1.sock").display()
+            "[sim]\ntime_scale = {TIME_SCALE:?}\n\n[evse]\nallow_list = [\"{TOKEN}\"]\n\n[[evse.evse]]\nid = 1\nkind = \"ac\"\n\
+             link = \"unix:{}\"\nmax_current_a = 32\nphases = 3\n\n\
+             [meter]\npoll_interval_ms = 200\nsign = true\nstation_serial = \"TEST-STATION\"\n\n\
+             [[meter.meter]]\nevse = 1\nmap = \"sdm630\"\ntransport = \"tcp:127.0.0.1:{}\"\nserial = \"SIM-0001\"\n\
+             max_power_w = {:?}\n",
+            dir.join("mcu-1.sock").display(),
+            free_port(),
+            25_000.0 * TIME_SCALE,
         ),
     )
     .unwrap();
@@ -136,7 +161,8 @@ impl Stack {
         let config = config(dir.path());
         let (broker, bus) = start_broker(dir.path());
         let (hal_sim, _) = spawn_ready(&sim_args(&config), dir.path(), "hal-sim", &bus);
-        let evse = Self::spawn_evse_in(dir.path(), &bus);
+        let meter = Self::spawn_service_in("meter", dir.path(), &bus);
+        let evse = Self::spawn_service_in("evse", dir.path(), &bus);
         let connection = evos_bus::connection_builder(Some(&bus))
             .build()
             .await
@@ -147,30 +173,45 @@ impl Stack {
             connection,
             broker,
             hal_sim,
+            meter,
             evse,
         };
         wait_cp(&stack.evse().await, "A").await;
         stack
     }
 
-    fn spawn_evse_in(dir: &Path, bus: &str) -> Child {
+    fn spawn_service_in(service: &str, dir: &Path, bus: &str) -> Child {
         let config = dir.join("evos.toml");
         let state = dir.join("state");
         let args = [
             "run",
-            "evse",
+            service,
             "--config",
             config.to_str().unwrap(),
             "--state-dir",
             state.to_str().unwrap(),
         ];
-        spawn_ready(&args, dir, "evse", bus).0
+        spawn_ready(&args, dir, service, bus).0
     }
 
     /// Start `evse` again after it died.
     pub fn restart_evse(&mut self) {
         let _ = self.evse.wait();
-        self.evse = Self::spawn_evse_in(self.dir.path(), &self.bus);
+        self.evse = Self::spawn_service_in("evse", self.dir.path(), &self.bus);
+    }
+
+    /// Start `meter` again after it died.
+    pub fn restart_meter(&mut self) {
+        let _ = self.meter.wait();
+        self.meter = Self::spawn_service_in("meter", self.dir.path(), &self.bus);
+    }
+
+    pub async fn meter(&self) -> evos_bus::meter::Meter1Proxy<'static> {
+        evos_bus::meter::Meter1Proxy::builder(&self.connection)
+            .path(evos_bus::meter::path(1))
+            .build()
+            .await
+            .unwrap()
     }
 
     pub async fn sim(&self) -> Sim1Proxy<'static> {

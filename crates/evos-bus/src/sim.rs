@@ -14,6 +14,26 @@ pub const PATH: &str = "/org/evos/Sim1";
 /// Fault kinds `Fault` accepts.
 pub const FAULT_KINDS: &[&str] = &["rcd", "welded", "lock", "diode", "state-e", "state-f"];
 
+/// Fault kinds `MeterFault` accepts; `clear` clears the meter's faults.
+///
+/// - `offline`: the meter stops answering (requests time out; open
+///   connections stay open but silent).
+/// - `exception`: every request gets exception 0x04 ServerDeviceFailure.
+/// - `backwards`: the energy register reads 1 kWh below the truth.
+/// - `jump`: the energy register reads 1000 kWh above the truth.
+/// - `garbage`: read responses are malformed (the byte count disagrees with
+///   the frame's length).
+///
+/// Each lasts until `clear` (or `Clear`).
+pub const METER_FAULT_KINDS: &[&str] = &[
+    "offline",
+    "exception",
+    "backwards",
+    "jump",
+    "garbage",
+    "clear",
+];
+
 /// What the simulator knows about one EVSE and the EV at it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Type)]
 pub struct SimEvse {
@@ -32,6 +52,8 @@ pub struct SimEvse {
     pub meter_wh: f64,
     /// Active injected faults.
     pub faults: Vec<String>,
+    /// Active faults injected into the EVSE's emulated meter.
+    pub meter_faults: Vec<String>,
     /// Whether an `evse` service is connected to this EVSE's MCU link.
     pub host_connected: bool,
 }
@@ -49,8 +71,11 @@ pub trait Sim1 {
     fn swipe(&self, evse: u32, token: &str) -> Result<(), crate::Error>;
     /// Inject a fault, one of [`FAULT_KINDS`].
     fn fault(&self, evse: u32, kind: &str) -> Result<(), crate::Error>;
-    /// Clear every injected fault of `evse`.
+    /// Clear every injected fault of `evse`, its meter's included.
     fn clear(&self, evse: u32) -> Result<(), crate::Error>;
+    /// Inject a fault into the emulated meter of `evse`, one of
+    /// [`METER_FAULT_KINDS`] (`clear` clears them).
+    fn meter_fault(&self, evse: u32, kind: &str) -> Result<(), crate::Error>;
     fn evses(&self) -> Result<Vec<SimEvse>, crate::Error>;
     fn profiles(&self) -> Result<Vec<String>, crate::Error>;
 }

@@ -13,6 +13,8 @@
 //! max_current_a = 32
 //! phases = 3
 //! socket = true                 # a socket outlet with lock and PP; false = tethered cable
+//! meter = "bus"                 # energy from org.evos.Meter1 (the meter service), or
+//!                               # "board" for a safety board that meters itself
 //! ```
 
 use evos_service::config::Invalid;
@@ -76,6 +78,20 @@ pub struct EvseConfig {
     /// Nominal phase voltage, for converting a W limit to A on AC.
     #[serde(default = "default_voltage")]
     pub nominal_voltage_v: f64,
+    /// Where session energy comes from.
+    #[serde(default)]
+    pub meter: MeterSource,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MeterSource {
+    /// The meter service (`org.evos.Meter1` at the EVSE's id): live
+    /// readings, and persisted (optionally signed) start/stop readings.
+    #[default]
+    Bus,
+    /// The safety board's own measurement frames.
+    Board,
 }
 
 fn default_phases() -> u8 {

@@ -2,11 +2,13 @@
 //!
 //! Per EVSE it runs the IEC 61851-1 charging state machine
 //! ([`state_machine`]) against a [`evos_hal::SafetyBoard`], authorizes tokens
-//! ([`auth`]), persists sessions ([`session_store`]) and serves
-//! `org.evos.Evse1` ([`service`]).
+//! ([`auth`]), takes session energy from the meter service ([`metering`]),
+//! persists sessions ([`session_store`]) and serves `org.evos.Evse1`
+//! ([`service`]).
 
 pub mod auth;
 pub mod config;
+pub mod metering;
 pub mod service;
 pub mod session_store;
 pub mod state_machine;

@@ -14,7 +14,8 @@ use zbus::object_server::{InterfaceRef, SignalEmitter};
 use zbus::{fdo, interface};
 
 use crate::auth::{AuthStatus, Authorizer};
-use crate::config::{Config, EvseConfig, Kind};
+use crate::config::{Config, EvseConfig, Kind, MeterSource};
+use crate::metering::{self, MeterOutcome};
 use crate::session_store::{SessionStore, StoreError};
 use crate::state_machine::{
     Effect, Evse, Input, Limit, LimitUnit, Now, Outputs, Refusal, Spec, StopReason,
@@ -273,6 +274,10 @@ pub async fn run(
             snapshot: snapshot_tx,
             last_energy,
             iface: None,
+            meter_source: evse_config.meter,
+            meter: None,
+            meter_tasks: JoinSet::new(),
+            start_tasks: Vec::new(),
         });
     }
     let connection = builder.name(contract::BUS_NAME).build().await?;
@@ -285,6 +290,15 @@ pub async fn run(
                 .interface(contract::path(id))
                 .await?,
         );
+        if driver.meter_source == MeterSource::Bus {
+            driver.meter = Some(
+                evos_bus::meter::Meter1Proxy::builder(&connection)
+                    .path(evos_bus::meter::path(id))
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build()
+                    .await?,
+            );
+        }
         tasks.spawn(driver.run());
     }
     evos_service::notify::ready(&format!("{} EVSE(s) on the bus", config.evse.len()));
@@ -326,10 +340,26 @@ struct Driver {
     snapshot: watch::Sender<Snapshot>,
     last_energy: f64,
     iface: Option<InterfaceRef<EvseObject>>,
+    meter_source: MeterSource,
+    /// Meter1 for this EVSE, when energy comes from the meter service.
+    meter: Option<evos_bus::meter::Meter1Proxy<'static>>,
+    meter_tasks: JoinSet<MeterOutcome>,
+    /// Start-reading requests still retrying, by session id.
+    start_tasks: Vec<(String, tokio::task::AbortHandle)>,
 }
 
 /// Answers owed to `PresentToken` callers, by token.
 type TokenWaiters = Vec<(String, oneshot::Sender<Result<Option<String>, Refusal>>)>;
+
+async fn next_reading(
+    readings: &mut Option<evos_bus::meter::ReadingStream>,
+) -> Option<evos_bus::meter::Reading> {
+    use futures_util::StreamExt;
+    match readings {
+        Some(r) => r.next().await,
+        None => std::future::pending().await,
+    }
+}
 
 async fn next_event(board: &mut Option<McuBoard>) -> evos_hal::Result<BoardEvent> {
     match board {
@@ -354,6 +384,16 @@ impl Driver {
         let mut auth_tasks: JoinSet<(String, AuthStatus)> = JoinSet::new();
         let mut waiters: TokenWaiters = Vec::new();
         let mut link_fault_reported = false;
+        let mut readings = match &self.meter {
+            Some(meter) => match meter.receive_reading().await {
+                Ok(stream) => Some(stream),
+                Err(e) => {
+                    tracing::error!(evse = id, "cannot subscribe to meter readings: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
 
         loop {
             let deadline = self.machine.next_deadline();
@@ -364,7 +404,9 @@ impl Driver {
             let input = tokio::select! {
                 event = next_event(&mut board) => match event {
                     Ok(BoardEvent::Status(s)) => Input::Board(s),
-                    Ok(BoardEvent::Measurement(m)) => Input::Measurement(m),
+                    Ok(BoardEvent::Measurement(m)) if self.meter.is_none() => Input::Measurement(m),
+                    // Energy comes from the meter service.
+                    Ok(BoardEvent::Measurement(_)) => continue,
                     Ok(BoardEvent::Token(t)) => Input::Token(t),
                     Err(e) => {
                         tracing::warn!(evse = id, "safety board link lost: {e}");
@@ -431,6 +473,24 @@ impl Driver {
                     self.publish().await;
                     continue;
                 }
+                Some(signal) = next_reading(&mut readings) => match signal.args() {
+                    Ok(args) => Input::Measurement(metering::measurement_of(&args.reading)),
+                    Err(e) => {
+                        tracing::warn!(evse = id, "unreadable meter reading: {e}");
+                        continue;
+                    }
+                },
+                Some(Ok(outcome)) = self.meter_tasks.join_next() => match outcome {
+                    MeterOutcome::Started { session, energy_wh } => {
+                        self.start_tasks.retain(|(s, _)| *s != session);
+                        Input::MeterStarted { session, energy_wh }
+                    }
+                    MeterOutcome::Ended(record) => {
+                        self.session_ended(record).await;
+                        self.publish().await;
+                        continue;
+                    }
+                },
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Input::Tick,
             };
 
@@ -483,24 +543,58 @@ impl Driver {
                     if let Err(e) = self.store.started(&record) {
                         tracing::error!("cannot persist session start: {e}");
                     }
+                    if let Some(meter) = &self.meter {
+                        let task =
+                            metering::start(meter.clone(), record.id.clone(), record.token.clone());
+                        let handle = self.meter_tasks.spawn(task);
+                        self.start_tasks.push((record.id.clone(), handle));
+                    }
                     self.emit(|emitter| async move {
                         EvseObject::session_started(&emitter, record).await
                     })
                     .await;
                 }
+                Effect::SessionUpdated(record) => {
+                    if let Err(e) = self.store.started(&record) {
+                        tracing::error!("cannot persist the session's meter start: {e}");
+                    }
+                }
                 Effect::SessionEnded(record) => {
+                    // Persisted at once with the live reading, so a crash
+                    // now still knows the session ended.
                     if let Err(e) = self.store.ended(&record) {
                         tracing::error!("cannot persist session end: {e}");
                     }
                     self.last_energy = record.energy_wh();
-                    self.emit(|emitter| async move {
-                        EvseObject::session_ended(&emitter, record).await
-                    })
-                    .await;
+                    match &self.meter {
+                        Some(meter) => {
+                            for (_, task) in
+                                self.start_tasks.extract_if(.., |(s, _)| *s == record.id)
+                            {
+                                task.abort();
+                            }
+                            self.meter_tasks
+                                .spawn(metering::stop(meter.clone(), record));
+                        }
+                        None => self.session_ended(record).await,
+                    }
                 }
             }
         }
         Ok(authorizing)
+    }
+
+    /// A session's final record: persist it (correcting the one ended with
+    /// the live reading) and announce it.
+    async fn session_ended(&mut self, record: SessionRecord) {
+        if self.meter.is_some()
+            && let Err(e) = self.store.ended(&record)
+        {
+            tracing::error!("cannot persist the session's meter stop: {e}");
+        }
+        self.last_energy = record.energy_wh();
+        self.emit(|emitter| async move { EvseObject::session_ended(&emitter, record).await })
+            .await;
     }
 
     async fn emit<F, Fut>(&self, f: F)

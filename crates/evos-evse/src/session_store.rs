@@ -6,7 +6,9 @@
 //! second; a crash between the two leaves an active file whose id is already
 //! in the history, which [`SessionStore::open`] recognises as ended.
 //! The meter register is the source of energy, so the active record is not
-//! rewritten as energy flows.
+//! rewritten as energy flows. A later history line with the same id
+//! supersedes an earlier one: that is how the meter's persisted stop reading
+//! corrects a record already ended with the live reading.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -33,6 +35,14 @@ fn err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
+/// Add `record` to the history, replacing an earlier record of its id.
+fn supersede(history: &mut VecDeque<SessionRecord>, record: SessionRecord) {
+    match history.iter_mut().rev().find(|h| h.id == record.id) {
+        Some(old) => *old = record,
+        None => history.push_back(record),
+    }
+}
+
 #[derive(Debug)]
 pub struct SessionStore {
     active_path: PathBuf,
@@ -51,7 +61,7 @@ impl SessionStore {
             Ok(text) => {
                 for (n, line) in text.lines().enumerate() {
                     match serde_json::from_str::<SessionRecord>(line) {
-                        Ok(record) => history.push_back(record),
+                        Ok(record) => supersede(&mut history, record),
                         // Only the last line can be torn by a power cut.
                         Err(e) => {
                             tracing::warn!(path = %history_path.display(), line = n + 1, "skipped an unreadable session record: {e}")
@@ -104,6 +114,7 @@ impl SessionStore {
         Ok(())
     }
 
+    /// Record an ended session; ending one already ended corrects it.
     pub fn ended(&mut self, record: &SessionRecord) -> Result<(), StoreError> {
         let mut line = serde_json::to_vec(record).map_err(|e| err(&self.history_path)(e.into()))?;
         line.push(b'\n');
@@ -114,7 +125,7 @@ impl SessionStore {
             .map_err(err(&self.history_path))?;
         file.write_all(&line).map_err(err(&self.history_path))?;
         file.sync_all().map_err(err(&self.history_path))?;
-        self.history.push_back(record.clone());
+        supersede(&mut self.history, record.clone());
         self.active = None;
         self.remove_active()?;
         if self.history.len() > HISTORY_KEEP * 2 {
@@ -194,6 +205,22 @@ mod tests {
         let store = SessionStore::open(dir.path(), 1).unwrap();
         assert!(store.active().is_none(), "the session ended already");
         assert_eq!(store.history().count(), 1);
+    }
+
+    #[test]
+    fn a_correction_supersedes_the_ended_record_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SessionStore::open(dir.path(), 1).unwrap();
+        store.ended(&record("a", 5)).unwrap();
+        store.ended(&record("b", 6)).unwrap();
+        let mut fixed = record("a", 5);
+        fixed.stop_meter_wh = 25.0;
+        store.ended(&fixed).unwrap();
+        let ids = |s: &SessionStore| s.history().map(|r| r.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&store), ["a", "b"]);
+        let store = SessionStore::open(dir.path(), 1).unwrap();
+        assert_eq!(ids(&store), ["a", "b"]);
+        assert_eq!(store.history().next().unwrap().stop_meter_wh, 25.0);
     }
 
     #[test]

@@ -226,6 +226,12 @@ pub enum Input {
     SetLimit(Option<Limit>),
     SetAvailable(bool),
     LinkDown,
+    /// The meter has persisted the start reading of `session` (Meter1
+    /// `StartTransaction`): it replaces the live reading taken at start.
+    MeterStarted {
+        session: String,
+        energy_wh: f64,
+    },
     /// A deadline from [`Evse::next_deadline`] has passed.
     Tick,
 }
@@ -236,6 +242,8 @@ pub enum Effect {
     /// Ask the authorizer; answer with [`Input::AuthResult`].
     Authorize(String),
     SessionStarted(SessionRecord),
+    /// The active session's record changed (its meter start); persist it.
+    SessionUpdated(SessionRecord),
     SessionEnded(SessionRecord),
 }
 
@@ -365,6 +373,18 @@ impl Evse {
                 self.board = None;
                 if !matches!(self.state, State::Faulted(Fault::LinkLost)) {
                     self.enter_fault(Fault::LinkLost, now, effects);
+                }
+            }
+            Input::MeterStarted { session, energy_wh } => {
+                let active = match &mut self.state {
+                    State::Session { record, .. } => Some(record),
+                    State::Recovering { record } => record.as_mut(),
+                    _ => None,
+                };
+                if let Some(record) = active.filter(|r| r.id == session) {
+                    record.start_meter_wh = energy_wh;
+                    record.stop_meter_wh = record.stop_meter_wh.max(energy_wh);
+                    effects.push(Effect::SessionUpdated(record.clone()));
                 }
             }
             Input::Tick => self.on_tick(now, effects),

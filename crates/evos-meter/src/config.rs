@@ -88,7 +88,10 @@ impl Config {
             ));
         }
         if !(10..=60_000).contains(&self.timeout_ms) {
-            return Err(Invalid::new("meter.timeout_ms", "must be within 10..=60000"));
+            return Err(Invalid::new(
+                "meter.timeout_ms",
+                "must be within 10..=60000",
+            ));
         }
         if self.meters.is_empty() {
             return Err(Invalid::new("meter.meter", "configure at least one meter"));

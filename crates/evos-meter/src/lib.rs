@@ -13,4 +13,4 @@ pub mod transaction;
 pub mod transport;
 
 pub use config::Config;
-// pub use service::run;
+pub use service::run;

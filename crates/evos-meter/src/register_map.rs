@@ -293,10 +293,7 @@ impl Register {
             DataType::Float32 => u64::from((raw_value as f32).to_bits()),
         };
         let n = usize::from(self.data_type.words());
-        let mut words: Vec<u16> = (0..n)
-            .rev()
-            .map(|i| (raw >> (16 * i)) as u16)
-            .collect();
+        let mut words: Vec<u16> = (0..n).rev().map(|i| (raw >> (16 * i)) as u16).collect();
         if self.word_order == WordOrder::Little {
             words.reverse();
         }
@@ -349,7 +346,9 @@ impl RegisterMap {
             return Err("meter.max_block must be within 4..=125".into());
         }
         for (quantity, register) in &self.registers {
+            // The TOML key (`energy_import`), without the JSON quotes.
             let key = serde_json::to_string(quantity).unwrap_or_default();
+            let key = key.trim_matches('"');
             if register.end() > 0x1_0000 {
                 return Err(format!("registers.{key}: runs past register 0xFFFF"));
             }
@@ -410,7 +409,12 @@ impl RegisterMap {
 
     /// Decode the words read for `blocks()` (same order) into a reading.
     /// `None` if a block is short or the energy register is not a number.
-    pub fn decode(&self, blocks: &[Block], data: &[Vec<u16>], timestamp_ms: u64) -> Option<Reading> {
+    pub fn decode(
+        &self,
+        blocks: &[Block],
+        data: &[Vec<u16>],
+        timestamp_ms: u64,
+    ) -> Option<Reading> {
         let mut values = BTreeMap::new();
         for (quantity, register) in &self.registers {
             let (block, words) = blocks.iter().zip(data).find(|(b, _)| {
@@ -418,8 +422,11 @@ impl RegisterMap {
                     && b.address <= register.address
                     && u32::from(b.address) + u32::from(b.count) >= register.end()
             })?;
+            // A short answer is no reading, not a reading without this
+            // quantity.
             let offset = usize::from(register.address - block.address);
-            let value = register.decode(words.get(offset..)?);
+            let end = offset + usize::from(register.data_type.words());
+            let value = register.decode(words.get(offset..end)?);
             if let Some(value) = value {
                 values.insert(*quantity, value);
             }

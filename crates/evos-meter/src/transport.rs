@@ -87,7 +87,9 @@ impl FromStr for TransportAddress {
                 stop_bits: bytes[2] - b'0',
             }));
         }
-        Err(format!("`{s}`: expected tcp:HOST:PORT or rtu:DEVICE:BAUD[:8N1]"))
+        Err(format!(
+            "`{s}`: expected tcp:HOST:PORT or rtu:DEVICE:BAUD[:8N1]"
+        ))
     }
 }
 
@@ -154,8 +156,7 @@ impl ModbusBus {
                             ctx.read_input_registers(block.address, block.count).await
                         }
                         Function::Holding => {
-                            ctx.read_holding_registers(block.address, block.count)
-                                .await
+                            ctx.read_holding_registers(block.address, block.count).await
                         }
                     }
                 })
@@ -282,10 +283,21 @@ mod tests {
         let rtu: TransportAddress = "rtu:/dev/ttyUSB0:9600:8E1".parse().unwrap();
         assert_eq!(rtu.to_string(), "rtu:/dev/ttyUSB0:9600:8E1");
         assert_eq!(
-            "rtu:/dev/ttyS1:19200".parse::<TransportAddress>().unwrap().to_string(),
+            "rtu:/dev/ttyS1:19200"
+                .parse::<TransportAddress>()
+                .unwrap()
+                .to_string(),
             "rtu:/dev/ttyS1:19200:8N1"
         );
-        for bad in ["tcp:host", "tcp::502", "tcp:h:99999", "rtu:/dev/x", "rtu:/dev/x:fast", "rtu:/dev/x:9600:9Z1", "udp:x:1"] {
+        for bad in [
+            "tcp:host",
+            "tcp::502",
+            "tcp:h:99999",
+            "rtu:/dev/x",
+            "rtu:/dev/x:fast",
+            "rtu:/dev/x:9600:9Z1",
+            "udp:x:1",
+        ] {
             assert!(bad.parse::<TransportAddress>().is_err(), "{bad}");
         }
     }

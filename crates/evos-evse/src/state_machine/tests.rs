@@ -1133,6 +1133,39 @@ fn a_session_without_a_meter_counts_zero_energy() {
 }
 
 #[test]
+fn the_meters_persisted_start_reading_replaces_the_live_one() {
+    let mut rig = idle(tethered_ac());
+    rig.measure(10_000.0);
+    rig.board(ev(B));
+    let record = started(rig.authorize("CARD-1"));
+    assert_eq!(record.start_meter_wh, 10_000.0);
+    // Meter1 took a fresh reading a moment later.
+    let effects = rig.step(Input::MeterStarted {
+        session: record.id.clone(),
+        energy_wh: 10_002.5,
+    });
+    let [Effect::SessionUpdated(updated)] = effects.as_slice() else {
+        panic!("expected SessionUpdated, got {effects:?}");
+    };
+    assert_eq!(updated.id, record.id);
+    assert_eq!(updated.start_meter_wh, 10_002.5);
+    // The live stop reading never sits below the start.
+    assert_eq!(updated.stop_meter_wh, 10_002.5);
+    rig.measure(10_500.0);
+    assert_eq!(
+        rig.evse.session().map(SessionRecord::energy_wh),
+        Some(497.5)
+    );
+    // A start for a session that is not the active one changes nothing.
+    let other = rig.step(Input::MeterStarted {
+        session: "1-0".into(),
+        energy_wh: 0.0,
+    });
+    assert_eq!(other, []);
+    assert_eq!(ended(rig.board(ev(A))).start_meter_wh, 10_002.5);
+}
+
+#[test]
 fn a_meter_that_went_backwards_gives_no_negative_energy() {
     let (mut rig, _) = charging(tethered_ac());
     rig.measure(500.0); // e.g. a replaced meter
