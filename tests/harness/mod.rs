@@ -53,7 +53,7 @@ fn dbus_daemon_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn start_broker(dir: &Path) -> (Child, String) {
+pub fn start_broker(dir: &Path) -> (Child, String) {
     let socket = dir.join("bus.sock");
     let address = format!("unix:path={}", socket.display());
     if dbus_daemon_available() {
@@ -97,7 +97,7 @@ fn start_broker(dir: &Path) -> (Child, String) {
 }
 
 /// Start `evos ARGS` and wait until it reports READY=1 on its notify socket.
-fn spawn_ready(args: &[&str], dir: &Path, name: &str, bus: &str) -> (Child, PathBuf) {
+pub fn spawn_ready(args: &[&str], dir: &Path, name: &str, bus: &str) -> (Child, PathBuf) {
     let notify_path = dir.join(format!("notify-{name}.sock"));
     let _ = std::fs::remove_file(&notify_path);
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
