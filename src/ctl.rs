@@ -272,14 +272,85 @@ async fn status(connection: &Connection, json: bool) -> Result<i32> {
     if rows.is_empty() {
         bail!("the evse service serves no EVSE");
     }
+    let meters = meters(connection).await;
+    for r in &mut rows {
+        let id = r["id"].as_u64().unwrap_or_default();
+        if let Some(m) = meters.iter().find(|m| m["evse"].as_u64() == Some(id)) {
+            r["meter"] = m.clone();
+        }
+    }
     if json {
         println!("{}", serde_json::Value::Array(rows));
     } else {
         for r in rows {
             println!("{}", status_line(&r));
+            if r.get("meter").is_some() {
+                println!("{}", meter_line(&r["meter"]));
+            }
         }
     }
     Ok(0)
+}
+
+/// The meter service's objects, one JSON object per meter; none when the
+/// service is not running (a board that meters itself needs none).
+async fn meters(connection: &Connection) -> Vec<serde_json::Value> {
+    let manager = zbus::fdo::ObjectManagerProxy::builder(connection)
+        .destination(evos_bus::meter::BUS_NAME)
+        .path(evos_bus::meter::ROOT_PATH)
+        .build()
+        .await;
+    let Ok(objects) = (match manager {
+        Ok(m) => m.get_managed_objects().await,
+        Err(e) => Err(e.into()),
+    }) else {
+        return Vec::new();
+    };
+    let mut meters = Vec::new();
+    for (_path, interfaces) in objects {
+        let Some(props) = interfaces
+            .iter()
+            .find(|(name, _)| name.as_str() == evos_bus::meter::INTERFACE)
+            .map(|(_, p)| p)
+        else {
+            continue;
+        };
+        let get = |k: &str| props.get(k).map(|v| v.clone());
+        let f = |k: &str| {
+            get(k)
+                .and_then(|v| f64::try_from(v).ok())
+                .filter(|x| x.is_finite())
+        };
+        meters.push(serde_json::json!({
+            "evse": get("Evse").and_then(|v| u32::try_from(v).ok()),
+            "model": get("Model").and_then(|v| String::try_from(v).ok()),
+            "energy_import_wh": f("EnergyImportWh"),
+            "power_w": f("PowerW"),
+            "timestamp_ms": get("TimestampMs").and_then(|v| u64::try_from(v).ok()),
+            "fault": get("Fault").and_then(|v| String::try_from(v).ok()).unwrap_or_default(),
+        }));
+    }
+    meters
+}
+
+/// One human line for a meter, under its EVSE's line.
+fn meter_line(m: &serde_json::Value) -> String {
+    let fault = m["fault"].as_str().unwrap_or_default();
+    let number = |k: &str, scale: f64, decimals: usize| {
+        m[k].as_f64()
+            .map_or_else(|| "-".to_owned(), |x| format!("{:.*}", decimals, x / scale))
+    };
+    format!(
+        "  meter {}: {} kW, register {} kWh{}",
+        m["model"].as_str().unwrap_or("?"),
+        number("power_w", 1000.0, 2),
+        number("energy_import_wh", 1000.0, 3),
+        if fault.is_empty() {
+            String::new()
+        } else {
+            format!("  fault {fault}")
+        }
+    )
 }
 
 fn row(props: &HashMap<String, zbus::OwnedVariant>) -> serde_json::Value {

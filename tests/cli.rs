@@ -137,6 +137,9 @@ fn second_sim_on_the_same_data_dir_is_refused_and_ctl_reaches_the_first() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["id"], 1);
     assert_eq!(rows[0]["kind"], "AC");
+    // Its meter is the simulated SDM630, read by the meter service.
+    assert_eq!(rows[0]["meter"]["model"], "Eastron SDM630 Modbus V2");
+    assert_eq!(rows[0]["meter"]["evse"], 1);
     fails_with(
         evos().args(["ctl", "--data-dir", data, "sim", "plug", "7"]),
         "unknown EVSE 7",
@@ -144,6 +147,10 @@ fn second_sim_on_the_same_data_dir_is_refused_and_ctl_reaches_the_first() {
     fails_with(
         evos().args(["ctl", "--data-dir", data, "sim", "fault", "1", "meteor"]),
         "unknown fault",
+    );
+    fails_with(
+        evos().args(["ctl", "--data-dir", data, "sim", "meter-fault", "1", "meteor"]),
+        "unknown meter fault",
     );
 
     // SIGTERM stops every child and exits 0.
