@@ -121,7 +121,18 @@ fn run_service(
         "hal-sim" => {
             let config = StationConfig::load(config_path)?;
             let sites = sim::sites_of(&config)?;
-            runtime()?.block_on(hal_sim::run(config.sim.clone(), sites, bus.as_deref()))?;
+            // The simulated meters keep their registers only where a state
+            // dir is named; tests run without one.
+            let dir = state_dir
+                .as_deref()
+                .or(config.station.state_dir.as_deref())
+                .map(|_| config.state_dir(state_dir.as_deref(), "hal-sim"));
+            runtime()?.block_on(hal_sim::run(
+                config.sim.clone(),
+                sites,
+                dir.as_deref(),
+                bus.as_deref(),
+            ))?;
             Ok(0)
         }
         #[cfg(feature = "sim")]

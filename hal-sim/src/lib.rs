@@ -11,7 +11,7 @@ pub mod meter;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use evos_bus::sim::SimEvse;
 use evos_meter::register_map::RegisterMap;
@@ -237,12 +237,47 @@ impl Sim {
     }
 }
 
-/// Run the simulator until SIGTERM or Ctrl-C.
+/// The meter register of EVSE `id` as hal-sim left it, so a restarted
+/// simulator does not turn back a meter the services have already read.
+fn register_path(state_dir: &Path, id: u32) -> PathBuf {
+    state_dir.join(format!("meter-{id}.wh"))
+}
+
+fn saved_register(state_dir: Option<&Path>, id: u32) -> f64 {
+    state_dir
+        .and_then(|dir| std::fs::read_to_string(register_path(dir, id)).ok())
+        .and_then(|text| text.trim().parse::<f64>().ok())
+        .filter(|wh| wh.is_finite() && *wh >= 0.0)
+        .unwrap_or(0.0)
+}
+
+/// Save the register when it changes, at most once a second.
+async fn keep_register(path: PathBuf, mut terminals: watch::Receiver<Terminals>) {
+    let mut saved = f64::NAN;
+    while terminals.changed().await.is_ok() {
+        let energy = terminals.borrow_and_update().energy_wh;
+        if energy == saved {
+            continue;
+        }
+        if let Err(e) = evos_service::persist::write_atomic(&path, energy.to_string().as_bytes()) {
+            tracing::warn!(path = %path.display(), "cannot save the meter register: {e}");
+        }
+        saved = energy;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Run the simulator until SIGTERM or Ctrl-C. With a `state_dir`, the
+/// simulated meter registers survive a restart of the simulator.
 pub async fn run(
     config: Config,
     sites: Vec<EvseSite>,
+    state_dir: Option<&Path>,
     bus_address: Option<&str>,
 ) -> Result<(), SimError> {
+    if let Some(dir) = state_dir {
+        let _ = std::fs::create_dir_all(dir);
+    }
     let mut evses = BTreeMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut meters: BTreeMap<SocketAddr, Vec<MeterUnit>> = BTreeMap::new();
@@ -273,10 +308,16 @@ pub async fn run(
                 terminals: watching,
             });
         }
+        if let Some(dir) = state_dir {
+            tasks.spawn(keep_register(
+                register_path(dir, site.id),
+                terminals.subscribe(),
+            ));
+        }
         tasks.spawn(evse::run(
             spec,
             config.time_scale,
-            0.0,
+            saved_register(state_dir, site.id),
             listener,
             rx,
             terminals,
@@ -333,6 +374,37 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
+
+    /// Poll the saved register on the paused clock (virtual time).
+    async fn saved_becomes(dir: &Path, wh: f64) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while saved_register(Some(dir), 1) != wh {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{wh} Wh never saved"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_meter_register_survives_a_simulator_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(saved_register(Some(dir.path()), 1), 0.0, "a new meter");
+        let (terminals, watching) = watch::channel(Terminals::default());
+        let keeper = tokio::spawn(keep_register(register_path(dir.path(), 1), watching));
+        terminals.send_modify(|t| t.energy_wh = 1234.5);
+        // The keeper saves, then rests a second before the next save.
+        saved_becomes(dir.path(), 1234.5).await;
+        terminals.send_modify(|t| t.energy_wh = 1300.0);
+        saved_becomes(dir.path(), 1300.0).await;
+        drop(terminals);
+        keeper.await.unwrap();
+        std::fs::write(register_path(dir.path(), 2), "garbage").unwrap();
+        assert_eq!(saved_register(Some(dir.path()), 2), 0.0);
+        assert_eq!(saved_register(None, 1), 0.0);
+    }
 
     #[test]
     fn meter_fault_kinds_parse_and_unknown_ones_list_the_known() {
