@@ -315,7 +315,7 @@ async fn meters(connection: &Connection) -> Vec<serde_json::Value> {
         else {
             continue;
         };
-        let get = |k: &str| props.get(k).map(|v| v.clone());
+        let get = |k: &str| props.get(k).cloned();
         let f = |k: &str| {
             get(k)
                 .and_then(|v| f64::try_from(v).ok())
