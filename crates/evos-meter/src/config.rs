@@ -126,3 +126,67 @@ impl Config {
         Ok(specs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        toml::from_str(text).expect("parses")
+    }
+
+    const ONE_METER: &str =
+        "[[meter]]\nevse = 1\nmap = \"sdm630\"\ntransport = \"tcp:127.0.0.1:502\"\n";
+
+    #[test]
+    fn a_valid_config_loads_its_maps_and_transports() {
+        let config = parse(&format!("poll_interval_ms = 500\nsign = true\n{ONE_METER}"));
+        let specs = config.validate().unwrap();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].map.display_name(), "Eastron SDM630 Modbus V2");
+        assert_eq!(specs[0].transport.to_string(), "tcp:127.0.0.1:502");
+        assert_eq!(specs[0].config.unit, 1);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                "poll_interval_ms = 1\n",
+                ONE_METER,
+                "meter.poll_interval_ms",
+            ),
+            ("", "", "meter.meter"),
+            (
+                "",
+                "[[meter]]\nevse = 1\nmap = \"sdm999\"\ntransport = \"tcp:h:1\"\n",
+                "meter.meter[0].map",
+            ),
+            (
+                "",
+                "[[meter]]\nevse = 1\nmap = \"sdm630\"\ntransport = \"udp:h:1\"\n",
+                "meter.meter[0].transport",
+            ),
+            (
+                "",
+                "[[meter]]\nevse = 0\nmap = \"sdm630\"\ntransport = \"tcp:h:1\"\n",
+                "meter.meter[0].evse",
+            ),
+            (
+                "",
+                "[[meter]]\nevse = 1\nmap = \"sdm630\"\ntransport = \"tcp:h:1\"\nunit = 0\n",
+                "meter.meter[0].unit",
+            ),
+            (
+                "",
+                &format!("{ONE_METER}{ONE_METER}"),
+                "meter.meter[1].evse",
+            ),
+        ];
+        for (head, meters, key) in cases {
+            let err = parse(&format!("{head}{meters}")).validate().unwrap_err();
+            assert_eq!(err.key, key, "{head}{meters}: {err}");
+        }
+        assert!(toml::from_str::<Config>("[[meter]]\nevse = 1\nmapp = \"x\"\n").is_err());
+    }
+}
