@@ -5,37 +5,7 @@
 
 mod harness;
 
-use evos_bus::meter::Meter1Proxy;
-use futures_util::StreamExt;
-use harness::{DEADLINE, Stack, TOKEN, next_ended, wait_status};
-
-/// Wait until `check` holds for the meter, re-checking on every Reading
-/// signal and Fault change.
-async fn wait_meter<T>(
-    meter: &Meter1Proxy<'_>,
-    what: &str,
-    mut check: impl AsyncFnMut(&Meter1Proxy<'_>) -> Option<T>,
-) -> T {
-    let mut readings = meter.receive_reading().await.unwrap();
-    let mut faults = meter.receive_fault_changed().await;
-    let found = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if let Some(value) = check(meter).await {
-                return value;
-            }
-            tokio::select! {
-                _ = readings.next() => {}
-                _ = faults.next() => {}
-            }
-        }
-    })
-    .await;
-    let fault = meter.fault().await.unwrap_or_default();
-    let energy = meter.energy_import_wh().await.unwrap_or(f64::NAN);
-    found.unwrap_or_else(|_| {
-        panic!("meter: {what} not seen within {DEADLINE:?} (fault `{fault}`, energy {energy} Wh)")
-    })
-}
+use harness::{Stack, TOKEN, next_ended, wait_meter, wait_status};
 
 async fn charging(stack: &Stack) -> String {
     let sim = stack.sim().await;

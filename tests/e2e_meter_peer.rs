@@ -9,9 +9,8 @@ use std::path::Path;
 use std::process::Child;
 
 use evos_bus::meter::Meter1Proxy;
-use futures_util::StreamExt;
 use harness::python::{PeerProcess, spawn_modbus_meter};
-use harness::{DEADLINE, spawn_ready, start_broker};
+use harness::{spawn_ready, start_broker, wait_meter};
 
 struct MeterStack {
     dir: tempfile::TempDir,
@@ -115,30 +114,6 @@ fn spawn_meter(dir: &Path, bus: &str) -> Child {
         state.to_str().unwrap(),
     ];
     spawn_ready(&args, dir, "meter", bus).0
-}
-
-/// Wait until `check` holds, re-checking on every Reading and Fault change.
-async fn wait_meter<T>(
-    meter: &Meter1Proxy<'_>,
-    what: &str,
-    mut check: impl AsyncFnMut(&Meter1Proxy<'_>) -> Option<T>,
-) -> T {
-    let mut readings = meter.receive_reading().await.unwrap();
-    let mut faults = meter.receive_fault_changed().await;
-    let found = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if let Some(value) = check(meter).await {
-                return value;
-            }
-            tokio::select! {
-                _ = readings.next() => {}
-                _ = faults.next() => {}
-            }
-        }
-    })
-    .await;
-    let fault = meter.fault().await.unwrap_or_default();
-    found.unwrap_or_else(|_| panic!("meter: {what} not seen within {DEADLINE:?} (fault `{fault}`)"))
 }
 
 async fn wait_cleared(meter: &Meter1Proxy<'_>) {

@@ -358,13 +358,9 @@ pub async fn run(
         "hal-sim ready"
     );
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    evos_service::notify::serve_until_stopped(&mut tasks)
+        .await
         .map_err(|e| zbus::Error::Failure(format!("cannot catch SIGTERM: {e}")))?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    evos_service::notify::stopping();
     for site in &sites {
         let _ = std::fs::remove_file(&site.socket_path);
     }

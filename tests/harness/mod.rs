@@ -295,3 +295,31 @@ pub async fn next_ended(
         .expect("signal stream");
     signal.args().expect("SessionEnded arguments").record
 }
+
+/// Wait until `check` holds for the meter, re-checking on every Reading
+/// signal and Fault change.
+pub async fn wait_meter<T>(
+    meter: &evos_bus::meter::Meter1Proxy<'_>,
+    what: &str,
+    mut check: impl AsyncFnMut(&evos_bus::meter::Meter1Proxy<'_>) -> Option<T>,
+) -> T {
+    let mut readings = meter.receive_reading().await.unwrap();
+    let mut faults = meter.receive_fault_changed().await;
+    let found = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(value) = check(meter).await {
+                return value;
+            }
+            tokio::select! {
+                _ = readings.next() => {}
+                _ = faults.next() => {}
+            }
+        }
+    })
+    .await;
+    let fault = meter.fault().await.unwrap_or_default();
+    let energy = meter.energy_import_wh().await.unwrap_or(f64::NAN);
+    found.unwrap_or_else(|_| {
+        panic!("meter: {what} not seen within {DEADLINE:?} (fault `{fault}`, energy {energy} Wh)")
+    })
+}

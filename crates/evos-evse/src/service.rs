@@ -304,16 +304,9 @@ pub async fn run(
     evos_service::notify::ready(&format!("{} EVSE(s) on the bus", config.evse.len()));
     tracing::info!(evses = config.evse.len(), "evse service ready");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    evos_service::notify::serve_until_stopped(&mut tasks)
+        .await
         .map_err(|e| zbus::Error::Failure(format!("cannot catch SIGTERM: {e}")))?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-        Some(done) = tasks.join_next() => {
-            tracing::error!("an EVSE driver stopped: {done:?}");
-        }
-    }
-    evos_service::notify::stopping();
     tracing::info!("evse service stopping");
     Ok(())
 }

@@ -577,16 +577,9 @@ pub async fn run(
     evos_service::notify::ready(&format!("{} meter(s) on the bus", meters.len()));
     tracing::info!(meters = meters.len(), "meter service ready");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    evos_service::notify::serve_until_stopped(&mut tasks)
+        .await
         .map_err(|e| zbus::Error::Failure(format!("cannot catch SIGTERM: {e}")))?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-        Some(done) = tasks.join_next() => {
-            tracing::error!("a meter poll task stopped: {done:?}");
-        }
-    }
-    evos_service::notify::stopping();
     tracing::info!("meter service stopping");
     Ok(())
 }

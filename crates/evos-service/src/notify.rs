@@ -44,3 +44,20 @@ fn spawn_watchdog(interval: Duration) {
         }
     });
 }
+
+/// Serve until systemd stops the service (SIGTERM) or Ctrl-C, then report
+/// STOPPING. A task of `tasks` ending first is a bug: it is logged and the
+/// service stops, so its manager restarts it.
+pub async fn serve_until_stopped(tasks: &mut tokio::task::JoinSet<()>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        Some(done) = tasks.join_next() => {
+            tracing::error!("a task of the service stopped: {done:?}");
+        }
+    }
+    stopping();
+    Ok(())
+}
