@@ -149,7 +149,15 @@ fn second_sim_on_the_same_data_dir_is_refused_and_ctl_reaches_the_first() {
         "unknown fault",
     );
     fails_with(
-        evos().args(["ctl", "--data-dir", data, "sim", "meter-fault", "1", "meteor"]),
+        evos().args([
+            "ctl",
+            "--data-dir",
+            data,
+            "sim",
+            "meter-fault",
+            "1",
+            "meteor",
+        ]),
         "unknown meter fault",
     );
 
