@@ -38,6 +38,10 @@ use evos_meter::register_map::{Block, RegisterMap};
 use evos_meter::transport::{ModbusBus, SerialLine, TransportAddress};
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
+#[path = "../tests/support/pty.rs"]
+mod pty;
+use pty::open_pty;
+
 const UNIT: u8 = 1;
 /// The energy register the server serves (kWh, as float32).
 const IMPORT_KWH: f32 = 12345.5;
@@ -188,50 +192,6 @@ fn rtu_server(tty: OwnedFd, service: Sdm630) -> ServerThread {
     ServerThread {
         stop: Some(stop),
         thread: Some(thread),
-    }
-}
-
-/// A pty pair in raw mode (no echo, no CR/LF translation) on both ends.
-struct Pty {
-    master: OwnedFd,
-    slave: OwnedFd,
-    slave_path: String,
-}
-
-fn open_pty() -> Pty {
-    let (mut master, mut slave) = (-1, -1);
-    // SAFETY: openpty writes two fds into the given ints; the null name,
-    // termios and winsize pointers are allowed.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both fds were just opened and are owned by nobody else.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    for fd in [&master, &slave] {
-        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
-        // SAFETY: a valid tty fd and a termios buffer to fill / read.
-        unsafe {
-            assert_eq!(libc::tcgetattr(fd.as_raw_fd(), termios.as_mut_ptr()), 0);
-            let mut termios = termios.assume_init();
-            libc::cfmakeraw(&mut termios);
-            assert_eq!(libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &termios), 0);
-        }
-    }
-    let slave_path = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd()))
-        .expect("the pty slave's path")
-        .to_string_lossy()
-        .into_owned();
-    Pty {
-        master,
-        slave,
-        slave_path,
     }
 }
 

@@ -19,7 +19,7 @@
 //! No sleeps: every wait is a read that completes or a bus deadline.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,10 @@ use evos_meter::transport::{ModbusBus, ModbusError, SerialLine, TransportAddress
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
+
+#[path = "support/pty.rs"]
+mod pty;
+use pty::open_pty;
 
 /// The bus deadline per request. Only the wrong-unit test waits it out.
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -218,50 +222,6 @@ impl Wire {
                 .checked_sub(1)
                 .expect("a response on the wire with no request outstanding");
         }
-    }
-}
-
-/// One end of a pty pair in raw mode (no echo, no CR/LF translation).
-struct Pty {
-    master: OwnedFd,
-    slave: OwnedFd,
-    slave_path: String,
-}
-
-fn open_pty() -> Pty {
-    let (mut master, mut slave) = (-1, -1);
-    // SAFETY: openpty writes two fds into the given ints; the null name,
-    // termios and winsize pointers are allowed ("may be NULL").
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both fds were just opened and are owned by nobody else.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    for fd in [&master, &slave] {
-        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
-        // SAFETY: a valid tty fd and a termios buffer to fill / read.
-        unsafe {
-            assert_eq!(libc::tcgetattr(fd.as_raw_fd(), termios.as_mut_ptr()), 0);
-            let mut termios = termios.assume_init();
-            libc::cfmakeraw(&mut termios);
-            assert_eq!(libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &termios), 0);
-        }
-    }
-    let slave_path = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd()))
-        .expect("the pty slave's path")
-        .to_string_lossy()
-        .into_owned();
-    Pty {
-        master,
-        slave,
-        slave_path,
     }
 }
 
