@@ -89,6 +89,10 @@ async fn session_energy_comes_from_signed_meter_transactions() {
     assert!(verified.signed_by_charger);
     let start_check = evos_meter::ocmf::verify(&start.ocmf, &public_key).expect("valid");
     assert!(start_check.signed_by_charger);
+    // The same key in PEM beside the private one, for users.
+    let pem = std::fs::read_to_string(stack.dir.path().join("state/meter/ocmf-key.pub.pem"))
+        .expect("the public key in PEM");
+    evos_meter::ocmf::verify(&stop.ocmf, &pem).expect("valid with the PEM key");
     let tampered = stop.ocmf.replacen("\"TX\":\"E\"", "\"TX\":\"T\"", 1);
     assert_ne!(tampered, stop.ocmf);
     assert!(evos_meter::ocmf::verify(&tampered, &public_key).is_err());

@@ -504,6 +504,13 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| state_dir.join("ocmf-key.pem"));
         let key = StationKey::load_or_create(&path)?;
+        // The public half beside it, for users and transparency software.
+        let public_path = path.with_extension("pub.pem");
+        if let Err(e) =
+            evos_service::persist::write_atomic(&public_path, key.public_key_pem().as_bytes())
+        {
+            tracing::warn!(path = %public_path.display(), "cannot write the OCMF public key: {e}");
+        }
         tracing::info!(key = %path.display(), public_key = key.public_key_hex(), "OCMF signing key");
         Some(Arc::new(Signer {
             key,
