@@ -1,0 +1,6 @@
+//! evos DC power (`evos run power`): drives DC power modules over CAN with
+//! each vendor's own protocol ([`protocol`]), parallels modules into an EVSE
+//! output, ramps, shares a module pool between EVSEs, and reports module
+//! faults. Serves `org.evos.Power1`.
+
+pub mod protocol;
