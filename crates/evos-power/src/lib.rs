@@ -3,4 +3,6 @@
 //! output, ramps, shares a module pool between EVSEs, and reports module
 //! faults. Serves `org.evos.Power1`.
 
+pub mod control;
 pub mod protocol;
+pub mod sharing;
