@@ -4,5 +4,6 @@
 //! faults. Serves `org.evos.Power1`.
 
 pub mod control;
+pub mod module;
 pub mod protocol;
 pub mod sharing;
