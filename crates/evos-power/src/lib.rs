@@ -3,7 +3,9 @@
 //! output, ramps, shares a module pool between EVSEs, and reports module
 //! faults. Serves `org.evos.Power1`.
 
+pub mod config;
 pub mod control;
+pub mod controller;
 pub mod module;
 pub mod protocol;
 pub mod sharing;
