@@ -20,6 +20,7 @@ pub struct StationConfig {
     pub station: StationSection,
     pub evse: Option<evos_evse::Config>,
     pub meter: Option<evos_meter::Config>,
+    pub power: Option<evos_power::Config>,
     #[cfg(feature = "sim")]
     #[serde(default)]
     pub sim: hal_sim::Config,
@@ -34,6 +35,11 @@ impl StationConfig {
         }
         if let Some(meter) = &config.meter {
             meter
+                .validate()
+                .map_err(|e| evos_service::config::invalid(path, e))?;
+        }
+        if let Some(power) = &config.power {
+            power
                 .validate()
                 .map_err(|e| evos_service::config::invalid(path, e))?;
         }

@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one service: evse, meter, hal-sim (simulator builds), broker (simulator builds).
+    /// Run one service: evse, meter, power, hal-sim (simulator builds), broker (simulator builds).
     Run {
         service: String,
         /// The station config file.
@@ -117,6 +117,15 @@ fn run_service(
             runtime()?.block_on(evos_meter::run(meter, &dir, bus.as_deref()))?;
             Ok(0)
         }
+        "power" => {
+            let config = StationConfig::load(config_path)?;
+            let power = config
+                .power
+                .clone()
+                .with_context(|| format!("config {}: no [power] section", config_path.display()))?;
+            runtime()?.block_on(evos_power::run(power, bus.as_deref()))?;
+            Ok(0)
+        }
         #[cfg(feature = "sim")]
         "hal-sim" => {
             let config = StationConfig::load(config_path)?;
@@ -144,7 +153,7 @@ fn run_service(
         other => {
             let _ = listen;
             bail!(
-                "unknown service `{other}`; this build runs: evse, meter{}",
+                "unknown service `{other}`; this build runs: evse, meter, power{}",
                 if cfg!(feature = "sim") {
                     ", hal-sim, broker"
                 } else {

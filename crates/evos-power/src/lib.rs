@@ -8,4 +8,8 @@ pub mod control;
 pub mod controller;
 pub mod module;
 pub mod protocol;
+pub mod service;
 pub mod sharing;
+
+pub use config::Config;
+pub use service::run;
