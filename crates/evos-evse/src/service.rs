@@ -277,6 +277,7 @@ pub async fn run(
             meter_source: evse_config.meter,
             meter: None,
             meter_tasks: JoinSet::new(),
+            power: None,
             start_tasks: Vec::new(),
         });
     }
@@ -290,6 +291,15 @@ pub async fn run(
                 .interface(contract::path(id))
                 .await?,
         );
+        if driver.machine.spec().kind == Kind::Dc {
+            driver.power = Some(
+                evos_bus::power::Power1Proxy::builder(&connection)
+                    .path(evos_bus::power::path(id))
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build()
+                    .await?,
+            );
+        }
         if driver.meter_source == MeterSource::Bus {
             driver.meter = Some(
                 evos_bus::meter::Meter1Proxy::builder(&connection)
@@ -337,6 +347,8 @@ struct Driver {
     /// Meter1 for this EVSE, when energy comes from the meter service.
     meter: Option<evos_bus::meter::Meter1Proxy<'static>>,
     meter_tasks: JoinSet<MeterOutcome>,
+    /// Power1 for a DC EVSE's output.
+    power: Option<evos_bus::power::Power1Proxy<'static>>,
     /// Start-reading requests still retrying, by session id.
     start_tasks: Vec<(String, tokio::task::AbortHandle)>,
 }
@@ -350,6 +362,16 @@ async fn next_reading(
     use futures_util::StreamExt;
     match readings {
         Some(r) => r.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_power_fault(
+    faults: &mut Option<zbus::proxy::PropertyStream<'static, String>>,
+) -> Option<zbus::proxy::PropertyChanged<'static, String>> {
+    use futures_util::StreamExt;
+    match faults {
+        Some(f) => f.next().await,
         None => std::future::pending().await,
     }
 }
@@ -377,6 +399,10 @@ impl Driver {
         let mut auth_tasks: JoinSet<(String, AuthStatus)> = JoinSet::new();
         let mut waiters: TokenWaiters = Vec::new();
         let mut link_fault_reported = false;
+        let mut power_faults = match &self.power {
+            Some(power) => Some(power.receive_fault_changed().await),
+            None => None,
+        };
         let mut readings = match &self.meter {
             Some(meter) => match meter.receive_reading().await {
                 Ok(stream) => Some(stream),
@@ -401,6 +427,9 @@ impl Driver {
                     // Energy comes from the meter service.
                     Ok(BoardEvent::Measurement(_)) => continue,
                     Ok(BoardEvent::Token(t)) => Input::Token(t),
+                    Ok(BoardEvent::DcDemand { voltage_v, current_a }) => {
+                        Input::DcDemand { voltage_v, current_a }
+                    }
                     Err(e) => {
                         tracing::warn!(evse = id, "safety board link lost: {e}");
                         board = None;
@@ -466,6 +495,14 @@ impl Driver {
                     self.publish().await;
                     continue;
                 }
+                Some(fault) = next_power_fault(&mut power_faults) => match fault.get().await {
+                    Ok(why) if !why.is_empty() => Input::PowerFault(why),
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(evse = id, "unreadable power fault: {e}");
+                        continue;
+                    }
+                },
                 Some(signal) = next_reading(&mut readings) => match signal.args() {
                     Ok(args) => Input::Measurement(metering::measurement_of(&args.reading)),
                     Err(e) => {
@@ -653,6 +690,15 @@ impl Driver {
         let want = self.machine.outputs();
         let have = *applied;
         let spec = self.machine.spec();
+        let had_dc = have.and_then(|h| h.dc);
+        // DC: power off before the contactors open, never under load.
+        let mut dc_applied = had_dc;
+        if had_dc.is_some() && want.dc.is_none() {
+            match self.power_enable(false).await {
+                Ok(()) => dc_applied = None,
+                Err(e) => tracing::warn!(evse = spec.id, "cannot switch the power output off: {e}"),
+            }
+        }
         // Open contactors before the pilot changes; close them after it.
         let mut result = Ok(());
         if have.map(|h| h.contactors) != Some(want.contactors) && !want.contactors {
@@ -667,9 +713,45 @@ impl Driver {
         if have.map(|h| h.contactors) != Some(want.contactors) && want.contactors {
             result = result.and(b.set_contactors(true, spec.phases).await);
         }
+        // DC: target, then power on once the contactors are closed.
+        if let Some(target) = want.dc
+            && had_dc != want.dc
+        {
+            let set = async {
+                self.power_target(target.voltage_v, target.current_a)
+                    .await?;
+                if had_dc.is_none() {
+                    self.power_enable(true).await?;
+                }
+                Ok::<(), evos_bus::Error>(())
+            };
+            match set.await {
+                Ok(()) => dc_applied = want.dc,
+                Err(e) => tracing::warn!(evse = spec.id, "cannot set the power output: {e}"),
+            }
+        }
         match result {
-            Ok(()) => *applied = Some(want),
+            Ok(()) => {
+                *applied = Some(Outputs {
+                    dc: dc_applied,
+                    ..want
+                })
+            }
             Err(e) => tracing::warn!(evse = spec.id, "cannot drive the safety board: {e}"),
+        }
+    }
+
+    async fn power_enable(&self, on: bool) -> Result<(), evos_bus::Error> {
+        match &self.power {
+            Some(p) => p.set_enabled(on).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn power_target(&self, voltage_v: f64, current_a: f64) -> Result<(), evos_bus::Error> {
+        match &self.power {
+            Some(p) => p.set_target(voltage_v, current_a).await,
+            None => Ok(()),
         }
     }
 }

@@ -62,6 +62,9 @@ pub enum Fault {
     BoardUnavailable,
     /// The link to the safety MCU is gone.
     LinkLost,
+    /// DC: the power modules cannot deliver (Power1 `Fault`). Ends the
+    /// session; the EVSE is usable again once the output is off.
+    PowerModules,
 }
 
 impl Fault {
@@ -74,6 +77,7 @@ impl Fault {
             Fault::CpError => "CpError",
             Fault::BoardUnavailable => "BoardUnavailable",
             Fault::LinkLost => "McuLinkLost",
+            Fault::PowerModules => "PowerModuleFault",
         }
     }
 }
@@ -226,6 +230,14 @@ pub enum Input {
     SetLimit(Option<Limit>),
     SetAvailable(bool),
     LinkDown,
+    /// DC: what the EV asks for. Until ISO 15118 exists, the simulated EV
+    /// states it over the simulator's link.
+    DcDemand {
+        voltage_v: f64,
+        current_a: f64,
+    },
+    /// DC: the power output cannot deliver (`why` from Power1 `Fault`).
+    PowerFault(String),
     /// The meter has persisted the start reading of `session` (Meter1
     /// `StartTransaction`): it replaces the live reading taken at start.
     MeterStarted {
@@ -262,6 +274,16 @@ pub struct Outputs {
     pub pwm: PwmOutput,
     pub contactors: bool,
     pub lock: bool,
+    /// DC: the power output's target while energy may flow.
+    pub dc: Option<DcTarget>,
+}
+
+/// DC output target: the EV's voltage, and the least of its current, the
+/// EVSE's rating and the charging limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DcTarget {
+    pub voltage_v: f64,
+    pub current_a: f64,
 }
 
 #[derive(Debug)]
@@ -271,6 +293,7 @@ pub struct Evse {
     board: Option<BoardStatus>,
     meter: Option<Measurement>,
     limit: Option<Limit>,
+    dc_demand: Option<DcTarget>,
     operative: bool,
     pending_auth: Option<String>,
     contactors_commanded: bool,
@@ -287,6 +310,7 @@ impl Evse {
             board: None,
             meter: None,
             limit: None,
+            dc_demand: None,
             operative: true,
             pending_auth: None,
             contactors_commanded: false,
@@ -373,6 +397,30 @@ impl Evse {
                 self.board = None;
                 if !matches!(self.state, State::Faulted(Fault::LinkLost)) {
                     self.enter_fault(Fault::LinkLost, now, effects);
+                }
+            }
+            Input::DcDemand {
+                voltage_v,
+                current_a,
+            } => {
+                let valid = voltage_v.is_finite()
+                    && current_a.is_finite()
+                    && voltage_v >= 0.0
+                    && current_a >= 0.0;
+                if !valid {
+                    return Err(Refusal::NotPermitted(format!(
+                        "an invalid DC demand: {voltage_v} V {current_a} A"
+                    )));
+                }
+                self.dc_demand = Some(DcTarget {
+                    voltage_v,
+                    current_a,
+                });
+            }
+            Input::PowerFault(why) => {
+                if matches!(self.state, State::Session { .. }) {
+                    tracing::error!(evse = self.spec.id, why, "power output fault");
+                    self.end_session(StopReason::Other, Some(Fault::PowerModules), now, effects);
                 }
             }
             Input::MeterStarted { session, energy_wh } => {
@@ -711,11 +759,32 @@ impl Evse {
             && (in_session
                 || matches!(self.state, State::Faulted(Fault::ContactorWelded))
                 || matches!(self.state, State::Recovering { record: Some(_) }));
+        let dc = match (self.spec.kind, self.dc_demand) {
+            (Kind::Dc, Some(demand)) if contactors && demand.voltage_v > 0.0 => Some(DcTarget {
+                voltage_v: demand.voltage_v,
+                current_a: self.dc_current(demand),
+            }),
+            _ => None,
+        };
         Outputs {
             pwm,
             contactors,
             lock,
+            dc,
         }
+    }
+
+    /// The DC current: the EV's request within the EVSE's rating and the
+    /// charging limit (a W limit at the EV's voltage).
+    fn dc_current(&self, demand: DcTarget) -> f64 {
+        let mut amps = demand.current_a.min(self.spec.max_current_a);
+        if let Some(limit) = self.limit {
+            amps = amps.min(match limit.unit {
+                LimitUnit::Amps => limit.value,
+                LimitUnit::Watts => limit.value / demand.voltage_v,
+            });
+        }
+        amps.max(0.0)
     }
 
     pub fn status(&self) -> ConnectorStatus {

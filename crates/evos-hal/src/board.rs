@@ -161,6 +161,12 @@ pub enum BoardEvent {
     Measurement(Measurement),
     /// A token (RFID/NFC UID) read at this EVSE's reader.
     Token(String),
+    /// DC: what the EV asks for. Only the simulator's link delivers it,
+    /// standing in for ISO 15118 until that exists.
+    DcDemand {
+        voltage_v: f64,
+        current_a: f64,
+    },
 }
 
 /// One EVSE's safety hardware. Commands return once the board has taken

@@ -124,6 +124,7 @@ fn outputs(pwm: PwmOutput, contactors: bool, lock: bool) -> Outputs {
         pwm,
         contactors,
         lock,
+        dc: None,
     }
 }
 
@@ -1619,4 +1620,74 @@ fn a_fault_at_plug_in_starts_no_session() {
     assert_eq!(rig.board(ev(B)), []);
     assert_eq!(rig.status(), ConnectorStatus::Preparing);
     assert_eq!(rig.evse.session(), None);
+}
+
+// ---------------------------------------------------------------------------
+// DC output
+// ---------------------------------------------------------------------------
+
+fn dc_demand(voltage_v: f64, current_a: f64) -> Input {
+    Input::DcDemand {
+        voltage_v,
+        current_a,
+    }
+}
+
+#[test]
+fn dc_power_is_asked_for_only_while_contactors_may_close() {
+    let mut rig = idle(dc());
+    rig.board(ev(B));
+    rig.step(dc_demand(400.0, 125.0));
+    started(rig.authorize("CARD-1"));
+    assert_eq!(rig.outputs().dc, None, "EV not ready (B): no power");
+    rig.board(ev(C));
+    assert!(rig.outputs().contactors);
+    assert_eq!(
+        rig.outputs().dc,
+        Some(DcTarget {
+            voltage_v: 400.0,
+            current_a: 125.0
+        })
+    );
+    // The EV asks for more than the EVSE's rating (200 A).
+    rig.step(dc_demand(410.0, 350.0));
+    assert_eq!(rig.outputs().dc.map(|d| d.current_a), Some(200.0));
+    // A charging limit in W applies at the EV's voltage.
+    rig.limit(Some(watts(41_000.0)));
+    assert_eq!(rig.outputs().dc.map(|d| d.current_a), Some(100.0));
+    rig.limit(Some(amps(80.0)));
+    assert_eq!(rig.outputs().dc.map(|d| d.current_a), Some(80.0));
+    // The EV stops asking (B): power off with the contactors.
+    rig.board(ev(B));
+    assert_eq!(rig.outputs().dc, None);
+}
+
+#[test]
+fn an_ac_evse_never_asks_for_dc_power() {
+    let (mut rig, _) = charging(tethered_ac());
+    rig.step(dc_demand(400.0, 100.0));
+    assert_eq!(rig.outputs().dc, None);
+}
+
+#[test]
+fn a_power_fault_ends_the_dc_session_and_leaves_the_evse_usable() {
+    let mut rig = idle(dc());
+    rig.board(ev(B));
+    rig.step(dc_demand(400.0, 125.0));
+    let record = started(rig.authorize("CARD-1"));
+    rig.board(ev(C).closed());
+    assert_eq!(rig.status(), ConnectorStatus::Charging);
+    let end = ended(rig.step(Input::PowerFault("no module can deliver".into())));
+    assert_eq!(end.id, record.id);
+    assert_eq!(end.stop_reason, "Other");
+    assert_eq!(end.fault, "PowerModuleFault");
+    assert_eq!(rig.outputs().dc, None);
+    assert!(!rig.outputs().contactors);
+    assert_ne!(rig.status(), ConnectorStatus::Faulted);
+    // Outside a session a power fault changes nothing.
+    assert_eq!(rig.step(Input::PowerFault("again".into())), []);
+    assert!(matches!(
+        rig.try_step(dc_demand(f64::NAN, 1.0)),
+        Err(Refusal::NotPermitted(_))
+    ));
 }

@@ -6,7 +6,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::sync::mpsc;
 
 use super::frame;
-use super::message::{HostMessage, McuMessage};
+use super::message::{HostMessage, McuMessage, SIM_TYPES, SimMessage};
 use crate::board::{BoardEvent, PwmOutput, SafetyBoard};
 use crate::{HalError, Result};
 
@@ -148,20 +148,24 @@ impl McuBoard {
                 (Box::new(r), Box::new(w))
             }
         };
-        Self::from_stream(reader, writer, address.to_string()).await
+        let simulated = matches!(address, LinkAddress::Unix(_));
+        Self::from_stream(reader, writer, address.to_string(), simulated).await
     }
 
-    /// A board over an already open byte stream.
+    /// A board over an already open byte stream. Only a `simulated` link
+    /// (the simulator's Unix socket) accepts simulator messages.
     pub async fn from_stream(
         reader: BoxedReader,
         writer: BoxedWriter,
         name: String,
+        simulated: bool,
     ) -> Result<Self> {
         let (tx, events) = mpsc::channel(64);
         let reader_task = tokio::spawn(read_events(
             McuStream::new(reader, tokio::io::empty()),
             tx,
             name,
+            simulated,
         ));
         let mut board = McuBoard {
             writer: McuStream::new(tokio::io::empty(), writer),
@@ -189,6 +193,7 @@ async fn read_events(
     mut stream: McuStream<BoxedReader, tokio::io::Empty>,
     tx: mpsc::Sender<BoardEvent>,
     name: String,
+    simulated: bool,
 ) {
     loop {
         let (kind, payload) = match stream.read_frame().await {
@@ -206,6 +211,27 @@ async fn read_events(
                 return;
             }
         };
+        if simulated && SIM_TYPES.contains(&kind) {
+            match SimMessage::decode(kind, &payload) {
+                Ok(SimMessage::DcDemand {
+                    voltage_v,
+                    current_a,
+                }) => {
+                    if tx
+                        .send(BoardEvent::DcDemand {
+                            voltage_v,
+                            current_a,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(link = %name, "ignored a simulator frame: {e}"),
+            }
+            continue;
+        }
         let event = match McuMessage::decode(kind, &payload) {
             Ok(McuMessage::Status(s)) => BoardEvent::Status(s),
             Ok(McuMessage::Measurement(m)) => BoardEvent::Measurement(m),
@@ -281,7 +307,7 @@ mod tests {
     async fn board_talks_frames_and_survives_garbage() {
         let (host, mcu) = tokio::io::duplex(1024);
         let (hr, hw) = tokio::io::split(host);
-        let mut board = McuBoard::from_stream(Box::new(hr), Box::new(hw), "test".into())
+        let mut board = McuBoard::from_stream(Box::new(hr), Box::new(hw), "test".into(), false)
             .await
             .unwrap();
         let (mr, mw) = tokio::io::split(mcu);

@@ -6,6 +6,58 @@ use crate::board::{BoardStatus, CpState, LockState, Measurement, PwmOutput};
 /// Types 0xE0..=0xEF are the simulator's; a real link rejects them.
 pub const SIM_TYPES: std::ops::RangeInclusive<u8> = 0xE0..=0xEF;
 
+/// Messages only the simulator sends (types 0xE0..=0xEF), accepted only on
+/// the simulator's link.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SimMessage {
+    /// 0xE0: what the simulated DC EV asks for: voltage (mV, u32) and
+    /// current (mA, u32). Until ISO 15118 high-level communication exists,
+    /// this stands in for the EV's ChargeParameterDiscovery/CurrentDemand.
+    DcDemand { voltage_v: f64, current_a: f64 },
+}
+
+impl SimMessage {
+    pub fn encode(&self) -> (u8, Vec<u8>) {
+        match self {
+            SimMessage::DcDemand {
+                voltage_v,
+                current_a,
+            } => {
+                let mut p = Vec::with_capacity(8);
+                p.extend_from_slice(
+                    &((voltage_v * 1000.0).round().clamp(0.0, u32::MAX.into()) as u32)
+                        .to_le_bytes(),
+                );
+                p.extend_from_slice(
+                    &((current_a * 1000.0).round().clamp(0.0, u32::MAX.into()) as u32)
+                        .to_le_bytes(),
+                );
+                (0xE0, p)
+            }
+        }
+    }
+
+    pub fn decode(kind: u8, payload: &[u8]) -> Result<Self, HalError> {
+        let mut p = Payload {
+            bytes: payload,
+            kind,
+        };
+        let msg = match kind {
+            0xE0 => SimMessage::DcDemand {
+                voltage_v: f64::from(p.u32()?) / 1000.0,
+                current_a: f64::from(p.u32()?) / 1000.0,
+            },
+            other => {
+                return Err(HalError::Frame(format!(
+                    "unknown simulator type {other:#04x}"
+                )));
+            }
+        };
+        p.end()?;
+        Ok(msg)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum HostMessage {
     KeepAlive { seq: u32 },
@@ -303,6 +355,25 @@ mod tests {
             HostMessage::SetPwm(PwmOutput::Minus12V).encode(),
             (0x02, vec![2, 0, 0])
         );
+    }
+
+    #[test]
+    fn the_simulated_dc_demand_round_trips_only_as_a_simulator_message() {
+        let demand = SimMessage::DcDemand {
+            voltage_v: 401.5,
+            current_a: 125.25,
+        };
+        let (kind, payload) = demand.encode();
+        assert_eq!(kind, 0xE0);
+        // 401 500 mV = 0x0006205C, 125 250 mA = 0x0001E942, little-endian.
+        assert_eq!(payload, [0x5C, 0x20, 0x06, 0x00, 0x42, 0xE9, 0x01, 0x00]);
+        assert_eq!(SimMessage::decode(kind, &payload).unwrap(), demand);
+        assert!(
+            McuMessage::decode(kind, &payload).is_err(),
+            "a real link rejects it"
+        );
+        assert!(SimMessage::decode(0xE1, &[]).is_err());
+        assert!(SimMessage::decode(0xE0, &payload[..7]).is_err());
     }
 
     #[test]
