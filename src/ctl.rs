@@ -86,8 +86,17 @@ enum SimCommand {
         evse: u32,
         kind: String,
     },
+    /// Inject a fault into the emulated DC power module at ADDRESS:
+    /// over-temperature, output-short, input-fault, silent; `clear` clears
+    /// the module's faults.
+    ModuleFault {
+        address: u8,
+        kind: String,
+    },
     /// What the simulator sees at each EVSE.
     Status,
+    /// The emulated DC power modules: output, setpoint, faults.
+    Modules,
 }
 
 /// Where `evos sim` records its data directory for `evos ctl` to find.
@@ -215,6 +224,40 @@ async fn run(connection: &Connection, args: &CtlArgs) -> Result<i32> {
                 SimCommand::Fault { evse, kind } => sim.fault(*evse, kind).await,
                 SimCommand::Clear { evse } => sim.clear(*evse).await,
                 SimCommand::MeterFault { evse, kind } => sim.meter_fault(*evse, kind).await,
+                SimCommand::ModuleFault { address, kind } => {
+                    sim.module_fault(*address, kind).await
+                }
+                SimCommand::Modules => {
+                    let all = sim.modules().await.map_err(bus_error)?;
+                    if all.is_empty() && !args.json {
+                        println!("no power modules are emulated");
+                    }
+                    for m in all {
+                        if args.json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"address": m.address, "evse": m.evse, "on": m.on,
+                                "setpoint_v": m.setpoint_v, "setpoint_a": m.setpoint_a,
+                                "voltage_v": m.voltage_v, "current_a": m.current_a,
+                                "faults": m.faults, "timed_out": m.timed_out})
+                            );
+                        } else {
+                            println!(
+                                "module {}: evse={} on={} set={:.1}V/{:.1}A out={:.1}V/{:.1}A faults=[{}]{}",
+                                m.address,
+                                if m.evse == 0 { "-".to_owned() } else { m.evse.to_string() },
+                                m.on,
+                                m.setpoint_v,
+                                m.setpoint_a,
+                                m.voltage_v,
+                                m.current_a,
+                                m.faults.join(","),
+                                if m.timed_out { " heartbeat-lost" } else { "" }
+                            );
+                        }
+                    }
+                    return Ok(0);
+                }
                 SimCommand::Status => {
                     let all = sim.evses().await.map_err(bus_error)?;
                     for e in all {

@@ -84,19 +84,28 @@ fn scenario_ac_session_completes() {
 }
 
 #[test]
-fn dc_scenario_says_what_is_missing() {
+fn dc_scenario_charges_through_the_simulated_power_modules() {
     let dir = tempfile::tempdir().unwrap();
-    fails_with(
-        evos().args([
+    let out = evos()
+        .args([
             "sim",
             "--dc",
             "--scenario",
             "dc-session",
             "--data-dir",
             dir.path().to_str().unwrap(),
-        ]),
-        "power service",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    assert!(stdout.contains("scenario dc-session complete"), "{stdout}");
+    assert!(stdout.contains("stop reason EVDisconnected"), "{stdout}");
 }
 
 #[test]

@@ -2,6 +2,12 @@
 //! (IEC 61851-1 Annex A: S2 closed → state C when it wants energy and a
 //! charging current is offered) and how its battery fills.
 
+/// A DC EV lowers its current over this much state of charge (%) before
+/// its target…
+pub const TAPER_PERCENT: f64 = 10.0;
+/// …down to this fraction of its maximum.
+pub const TAPER_FLOOR: f64 = 0.2;
+
 /// A kind of car `Sim1.Plug` can plug in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvProfile {
@@ -123,6 +129,30 @@ impl Ev {
         }
     }
 
+    /// DC: the battery's voltage (its profile's, or
+    /// [`DEFAULT_DC_VOLTAGE_V`](crate::meter::DEFAULT_DC_VOLTAGE_V) where
+    /// the profile gives none).
+    pub fn battery_voltage_v(&self) -> f64 {
+        if self.profile.battery_voltage_v > 0.0 {
+            self.profile.battery_voltage_v
+        } else {
+            crate::meter::DEFAULT_DC_VOLTAGE_V
+        }
+    }
+
+    /// DC: the current the EV asks for (whole amperes): its maximum, less
+    /// over the last [`TAPER_PERCENT`] of state of charge before its
+    /// target (down to [`TAPER_FLOOR`] of the maximum), 0 once it wants no
+    /// more energy.
+    pub fn dc_demand_a(&self) -> f64 {
+        if !self.profile.dc || !self.wants_energy() {
+            return 0.0;
+        }
+        let headroom = self.profile.target_soc - self.soc;
+        let factor = (headroom / TAPER_PERCENT).clamp(TAPER_FLOOR, 1.0);
+        (self.profile.max_current_a * factor).round()
+    }
+
     pub fn absorb(&mut self, energy_wh: f64) {
         self.soc = (self.soc + energy_wh / self.profile.capacity_wh * 100.0).min(100.0);
     }
@@ -148,6 +178,21 @@ mod tests {
         ev.absorb(100.0);
         assert!(!ev.wants_energy());
         assert!(!ev.ready(16.0, false));
+    }
+
+    #[test]
+    fn dc_car_asks_for_its_maximum_then_tapers_near_its_target() {
+        let mut ev = Ev::new(profile("dc-400v").unwrap());
+        assert_eq!(ev.battery_voltage_v(), 400.0);
+        assert_eq!(ev.dc_demand_a(), 200.0, "30 % of an 80 % target");
+        ev.soc = 75.0;
+        assert_eq!(ev.dc_demand_a(), 100.0, "half-way through the taper");
+        ev.soc = 79.9;
+        assert_eq!(ev.dc_demand_a(), 40.0, "the floor");
+        ev.soc = 80.0;
+        assert_eq!(ev.dc_demand_a(), 0.0, "full: nothing");
+        let ac = Ev::new(profile("ac-11kw").unwrap());
+        assert_eq!(ac.dc_demand_a(), 0.0);
     }
 
     #[test]

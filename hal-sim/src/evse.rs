@@ -6,12 +6,25 @@
 //! Like a real MCU it enforces safety on its own: contactors open when the
 //! RCD trips, when the EV leaves state C/D, and when the host's keep-alives
 //! stop for `KEEPALIVE_TIMEOUT_MS`.
+//!
+//! A DC EVSE's energy comes from the emulated power modules
+//! ([`crate::power`]) through its [`DcPort`]: the EVSE tells them what its
+//! EV presents (battery voltage, the current it takes, whether the
+//! contactors connect it) and draws the lower of the EV's demand and what
+//! the modules feeding it deliver.
+//!
+//! Until ISO 15118 high-level communication exists, the simulated DC EV
+//! states its demand over the simulator's own MCU message
+//! ([`SimMessage::DcDemand`], a type the real link rejects): in state C its
+//! battery voltage and the current it wants, on every change and once a
+//! second; 0 A once it wants no more energy.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use evos_bus::sim::SimEvse;
+use evos_hal::mcu::message::SimMessage;
 use evos_hal::mcu::{HostMessage, KEEPALIVE_TIMEOUT_MS, McuMessage, McuStream, NackReason};
 use evos_hal::{BoardStatus, CpState, HalError, LockState, Measurement, PwmOutput};
 use tokio::io::Empty;
@@ -21,7 +34,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
 use crate::ev::{Ev, EvProfile};
-use crate::meter::{DEFAULT_DC_VOLTAGE_V, MeterFaultKind, Terminals};
+use crate::meter::{MeterFaultKind, Terminals};
+use crate::power::{DcLoad, DcPort};
 
 /// Nominal phase voltage of the simulated grid (V).
 const GRID_V: f64 = 230.0;
@@ -29,6 +43,8 @@ const GRID_V: f64 = 230.0;
 const PHYSICS_STEP: Duration = Duration::from_millis(100);
 /// How often the MCU reports its metering while energy flows.
 const MEASUREMENT_EVERY: u32 = 5;
+/// The simulated DC EV repeats its demand this often.
+pub const DEMAND_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct SimEvseSpec {
@@ -36,6 +52,10 @@ pub struct SimEvseSpec {
     pub socket_path: PathBuf,
     /// A socket outlet (lock, PP) rather than a tethered cable.
     pub socket_outlet: bool,
+    /// DC: the output's connection to the emulated power modules; `None`
+    /// for AC, or where no modules are emulated (a DC EV then gets no
+    /// current).
+    pub power: Option<DcPort>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,6 +125,27 @@ struct World {
     welded_closed: bool,
     meter_wh: f64,
     last_keepalive: Option<Instant>,
+    /// DC: what the modules feeding this EVSE deliver (A).
+    dc_supply_a: f64,
+}
+
+/// What flows now: AC per phase, or DC.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Flow {
+    ac_a: f64,
+    phases: u8,
+    dc_v: f64,
+    dc_a: f64,
+}
+
+impl Flow {
+    fn power_w(&self) -> f64 {
+        GRID_V * self.ac_a * f64::from(self.phases) + self.dc_v * self.dc_a
+    }
+
+    fn flowing(&self) -> bool {
+        self.power_w() > 0.0
+    }
 }
 
 impl World {
@@ -175,19 +216,63 @@ impl World {
         }
     }
 
-    /// Current per phase and the number of phases carrying it.
-    fn current(&self) -> (f64, u8) {
+    /// What flows: an AC EV draws its share of the PWM offer on its
+    /// phases; a DC EV the lower of its demand and what its modules
+    /// deliver, at its battery's voltage.
+    fn flow(&self) -> Flow {
         match &self.ev {
-            Some(ev) if self.contactors_closed() && self.cp().ev_ready() => (
-                ev.ac_current(self.pwm().offered_current()),
-                ev.profile.phases,
-            ),
-            _ => (0.0, 0),
+            Some(ev) if self.contactors_closed() && self.cp().ev_ready() => {
+                if ev.profile.dc {
+                    Flow {
+                        dc_v: ev.battery_voltage_v(),
+                        dc_a: ev.dc_demand_a().min(self.dc_supply_a).max(0.0),
+                        ..Flow::default()
+                    }
+                } else {
+                    Flow {
+                        ac_a: ev.ac_current(self.pwm().offered_current()),
+                        phases: ev.profile.phases,
+                        ..Flow::default()
+                    }
+                }
+            }
+            _ => Flow::default(),
         }
     }
 
+    /// What the EVSE's DC output presents to the power modules.
+    fn dc_load(&self) -> DcLoad {
+        match &self.ev {
+            Some(ev) if ev.profile.dc && self.contactors_closed() => DcLoad {
+                connected: true,
+                battery_v: ev.battery_voltage_v(),
+                accept_a: if self.cp().ev_ready() {
+                    ev.dc_demand_a()
+                } else {
+                    0.0
+                },
+            },
+            _ => DcLoad::default(),
+        }
+    }
+
+    /// What the simulated DC EV states on the simulator's link, as
+    /// (voltage V, current A): in state C its battery voltage and demand,
+    /// otherwise 0 A; `None` without a DC EV.
+    fn dc_demand(&self) -> Option<(f64, f64)> {
+        let ev = self.ev.as_ref().filter(|ev| ev.profile.dc)?;
+        let amps = if self.cp() == CpState::C {
+            ev.dc_demand_a()
+        } else {
+            0.0
+        };
+        Some((ev.battery_voltage_v(), amps))
+    }
+
     fn measurement(&self) -> Measurement {
-        let (amps, phases) = self.current();
+        let Flow {
+            ac_a: amps, phases, ..
+        } = self.flow();
         let mut m = Measurement {
             voltage_v: [GRID_V; 3],
             current_a: [0.0; 3],
@@ -203,19 +288,11 @@ impl World {
     /// the MCU reports in its Measurement.
     fn terminals(&self) -> Terminals {
         let m = self.measurement();
-        // The simulator has no DC power path yet (no power modules; a DC EV
-        // draws no current in `Ev::ac_current`), so a DC meter sees the EV's
-        // battery voltage (its profile's, or 400 V where the profile gives
-        // none) while the contactors connect it, and the current the EV
-        // draws: 0 A until DC physics exists.
+        // A DC meter sees the EV's battery voltage while the contactors
+        // connect it, and the current the EV draws from the modules.
         let (dc_voltage_v, dc_current_a) = match &self.ev {
             Some(ev) if ev.profile.dc && self.contactors_closed() => {
-                let v = if ev.profile.battery_voltage_v > 0.0 {
-                    ev.profile.battery_voltage_v
-                } else {
-                    DEFAULT_DC_VOLTAGE_V
-                };
-                (v, self.current().0)
+                (ev.battery_voltage_v(), self.flow().dc_a)
             }
             _ => (0.0, 0.0),
         };
@@ -229,12 +306,11 @@ impl World {
         }
     }
 
-    /// Move energy for `dt` at `current` (amps per phase, phases): the
-    /// current that flowed during `dt`, which may differ from the current
-    /// now.
-    fn step_physics(&mut self, dt: Duration, (amps, phases): (f64, u8)) {
-        let energy_wh =
-            GRID_V * amps * f64::from(phases) * dt.as_secs_f64() / 3600.0 * self.time_scale;
+    /// Move energy for `dt` at `flow`: what flowed during `dt`, which may
+    /// differ from what flows now. Simulated time runs `time_scale` times
+    /// faster than the clock.
+    fn step_physics(&mut self, dt: Duration, flow: Flow) {
+        let energy_wh = flow.power_w() * dt.as_secs_f64() / 3600.0 * self.time_scale;
         self.meter_wh += energy_wh;
         if let Some(ev) = &mut self.ev {
             ev.absorb(energy_wh);
@@ -242,7 +318,12 @@ impl World {
     }
 
     fn snapshot(&self, host_connected: bool) -> SimEvse {
-        let (amps, _) = self.current();
+        let flow = self.flow();
+        let amps = if flow.dc_v > 0.0 {
+            flow.dc_a
+        } else {
+            flow.ac_a
+        };
         SimEvse {
             evse: self.spec.id,
             ev_profile: self
@@ -273,6 +354,17 @@ struct Host {
     writer: McuStream<Empty, OwnedWriteHalf>,
 }
 
+/// The next current the modules deliver; `Err` once they are gone.
+async fn next_supply(supply: &mut Option<watch::Receiver<f64>>) -> Result<f64, ()> {
+    match supply {
+        Some(rx) => {
+            rx.changed().await.map_err(|_| ())?;
+            Ok(*rx.borrow_and_update())
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_frame(host: &mut Option<Host>) -> Result<Option<(u8, Vec<u8>)>, HalError> {
     match host {
         Some(h) => h.reader.read_frame().await,
@@ -293,6 +385,8 @@ pub async fn run(
     terminals: watch::Sender<Terminals>,
 ) {
     let id = spec.id;
+    let loads = spec.power.as_ref().map(|p| p.loads.clone());
+    let mut supply = spec.power.as_ref().map(|p| p.supply.clone());
     let mut world = World {
         spec,
         time_scale,
@@ -303,6 +397,7 @@ pub async fn run(
         welded_closed: false,
         meter_wh,
         last_keepalive: None,
+        dc_supply_a: supply.as_ref().map_or(0.0, |s| *s.borrow()),
     };
     let mut host: Option<Host> = None;
     let mut sent: Option<BoardStatus> = None;
@@ -310,11 +405,24 @@ pub async fn run(
     physics.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_step = Instant::now();
     let mut steps: u32 = 0;
+    // The DC demand last stated to the host, and when.
+    let mut demand_sent: Option<(f64, f64)> = None;
+    let mut demand_at = Instant::now();
 
     loop {
         terminals.send_replace(world.terminals());
-        let current = world.current();
-        let flowing = current.0 > 0.0;
+        if let Some(loads) = &loads {
+            let load = world.dc_load();
+            loads.send_if_modified(|all| {
+                if all.get(&id) == Some(&load) {
+                    return false;
+                }
+                all.insert(id, load);
+                true
+            });
+        }
+        let current = world.flow();
+        let flowing = current.flowing();
         let keepalive_deadline = world
             .last_keepalive
             .filter(|_| !world.keepalive_expired())
@@ -436,9 +544,17 @@ pub async fn run(
             _ = sleep_until(keepalive_deadline.unwrap_or_else(Instant::now)), if keepalive_deadline.is_some() => {
                 tracing::warn!(evse = id, "host keep-alive timed out: contactors open, pilot off");
             }
+            amps = next_supply(&mut supply) => match amps {
+                Ok(amps) => world.dc_supply_a = amps,
+                Err(()) => {
+                    supply = None;
+                    world.dc_supply_a = 0.0;
+                }
+            },
+            _ = sleep_until(demand_at + DEMAND_EVERY), if demand_sent.is_some() && host.is_some() => {}
         }
-        let now_current = world.current();
-        let now_flowing = now_current.0 > 0.0;
+        let now_current = world.flow();
+        let now_flowing = now_current.flowing();
         if now_flowing && !flowing {
             last_step = Instant::now();
             physics.reset();
@@ -453,6 +569,7 @@ pub async fn run(
         }
         if host.is_none() {
             sent = None;
+            demand_sent = None;
             continue;
         }
         let status = world.status();
@@ -462,6 +579,27 @@ pub async fn run(
         }
         if force_measurement || now_flowing != flowing {
             send(&mut host, McuMessage::Measurement(world.measurement())).await;
+        }
+        let demand = world.dc_demand();
+        let due = match (demand, demand_sent) {
+            (Some(now), Some(before)) => now != before || demand_at.elapsed() >= DEMAND_EVERY,
+            (Some(_), None) => true,
+            // Unplugged: it wants nothing any more.
+            (None, Some(_)) => true,
+            (None, None) => false,
+        };
+        if due {
+            let (voltage_v, current_a) = demand.unwrap_or((0.0, 0.0));
+            send_sim(
+                &mut host,
+                SimMessage::DcDemand {
+                    voltage_v,
+                    current_a,
+                },
+            )
+            .await;
+            demand_sent = demand;
+            demand_at = Instant::now();
         }
     }
 }
@@ -487,8 +625,16 @@ fn apply_host_message(world: &mut World, msg: HostMessage) {
 }
 
 async fn send(host: &mut Option<Host>, msg: McuMessage) {
+    write(host, msg.encode()).await;
+}
+
+/// A simulator-only message (types 0xE0..=0xEF) to the host.
+async fn send_sim(host: &mut Option<Host>, msg: SimMessage) {
+    write(host, msg.encode()).await;
+}
+
+async fn write(host: &mut Option<Host>, (kind, payload): (u8, Vec<u8>)) {
     let Some(h) = host else { return };
-    let (kind, payload) = msg.encode();
     if let Err(e) = h.writer.write_frame(kind, &payload).await {
         tracing::warn!("cannot write to the host: {e}");
         *host = None;

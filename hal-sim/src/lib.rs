@@ -1,19 +1,22 @@
 //! hal-sim: the simulated physical world (`evos run hal-sim`).
 //!
 //! It fakes physics, never protocols: each EVSE's safety MCU answers the
-//! real MCU protocol on a Unix socket, and each EVSE's meter answers Modbus
-//! TCP on a loopback address, so `evse` and `meter` run the same code as on
-//! a charger. The world is moved over `org.evos.Sim1` (`evos ctl sim …`).
+//! real MCU protocol on a Unix socket, each EVSE's meter answers Modbus
+//! TCP on a loopback address, and the DC power modules answer their
+//! vendor's CAN protocol on the simulator's CAN link, so `evse`, `meter`
+//! and `power` run the same code as on a charger. The world is moved over
+//! `org.evos.Sim1` (`evos ctl sim …`).
 
 pub mod ev;
 pub mod evse;
 pub mod meter;
+pub mod power;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use evos_bus::sim::SimEvse;
+use evos_bus::sim::{SimEvse, SimModule};
 use evos_meter::register_map::RegisterMap;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -21,6 +24,7 @@ use zbus::interface;
 
 use crate::evse::{Command, FaultKind, SimEvseSpec};
 use crate::meter::{MeterFaultKind, MeterServer, MeterUnit, Terminals};
+use crate::power::ModuleFaultKind;
 
 /// The `[sim]` section of evos.toml.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -88,6 +92,19 @@ fn parse_meter_fault(kind: &str) -> Result<Option<MeterFaultKind>, evos_bus::Err
     })
 }
 
+/// A `ModuleFault` kind: `Some` fault, or `None` for `clear`.
+fn parse_module_fault(kind: &str) -> Result<Option<ModuleFaultKind>, evos_bus::Error> {
+    if kind == "clear" {
+        return Ok(None);
+    }
+    ModuleFaultKind::parse(kind).map(Some).ok_or_else(|| {
+        evos_bus::Error::InvalidArgument(format!(
+            "unknown module fault `{kind}`; known: {}",
+            evos_bus::sim::MODULE_FAULT_KINDS.join(", ")
+        ))
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error("D-Bus: {0}")]
@@ -106,6 +123,14 @@ pub enum SimError {
     },
     #[error("two meters answer as unit {unit} on {address}")]
     MeterUnitTaken { address: SocketAddr, unit: u8 },
+    #[error("cannot run the CAN hub at {path}: {source}")]
+    CanHub {
+        path: PathBuf,
+        #[source]
+        source: evos_hal::HalError,
+    },
+    #[error("power.protocol: no module protocol `{0}`")]
+    UnknownProtocol(String),
 }
 
 /// An EVSE the simulator serves: its id, where its MCU link listens, and
@@ -129,10 +154,39 @@ pub struct MeterSite {
     pub map: RegisterMap,
 }
 
+/// The power modules hal-sim emulates: a CAN hub at `hub` (the `sim:` path
+/// of `[power] can`) with one module per `[[power.module]]`, speaking
+/// `[power] protocol`, feeding the `[[power.output]]` EVSEs.
+#[derive(Debug, Clone)]
+pub struct PowerSite {
+    pub hub: PathBuf,
+    pub config: evos_power::Config,
+}
+
+/// Everything hal-sim simulates.
+#[derive(Debug, Clone, Default)]
+pub struct Sites {
+    pub evses: Vec<EvseSite>,
+    pub power: Option<PowerSite>,
+}
+
+impl From<Vec<EvseSite>> for Sites {
+    fn from(evses: Vec<EvseSite>) -> Self {
+        Sites { evses, power: None }
+    }
+}
+
+/// What Sim1 reaches of the emulated power modules.
+struct PowerControl {
+    commands: mpsc::Sender<power::Command>,
+    states: watch::Receiver<Vec<SimModule>>,
+}
+
 struct Sim {
     evses: BTreeMap<u32, mpsc::Sender<Command>>,
     sites: BTreeMap<u32, EvseSite>,
     default_ev: Option<String>,
+    power: Option<PowerControl>,
 }
 
 impl Sim {
@@ -219,6 +273,23 @@ impl Sim {
         }
     }
 
+    async fn module_fault(&self, address: u8, kind: &str) -> Result<(), evos_bus::Error> {
+        let kind = parse_module_fault(kind)?;
+        let power = self.power.as_ref().ok_or_else(|| {
+            evos_bus::Error::NotPermitted(
+                "no power modules are emulated (configure [power] with can = \"sim:PATH\")".into(),
+            )
+        })?;
+        power::fault(&power.commands, address, kind).await
+    }
+
+    async fn modules(&self) -> Vec<SimModule> {
+        self.power
+            .as_ref()
+            .map(|p| p.states.borrow().clone())
+            .unwrap_or_default()
+    }
+
     async fn evses(&self) -> Result<Vec<SimEvse>, evos_bus::Error> {
         let mut all = Vec::new();
         for (id, tx) in &self.evses {
@@ -271,16 +342,39 @@ async fn keep_register(path: PathBuf, mut terminals: watch::Receiver<Terminals>)
 /// simulated meter registers survive a restart of the simulator.
 pub async fn run(
     config: Config,
-    sites: Vec<EvseSite>,
+    sites: impl Into<Sites>,
     state_dir: Option<&Path>,
     bus_address: Option<&str>,
 ) -> Result<(), SimError> {
+    let Sites {
+        evses: sites,
+        power: power_site,
+    } = sites.into();
     if let Some(dir) = state_dir {
         let _ = std::fs::create_dir_all(dir);
     }
     let mut evses = BTreeMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut meters: BTreeMap<SocketAddr, Vec<MeterUnit>> = BTreeMap::new();
+    let mut power_handle = None;
+    if let Some(site) = &power_site {
+        let protocol = evos_power::protocol::by_name(&site.config.protocol)
+            .ok_or_else(|| SimError::UnknownProtocol(site.config.protocol.clone()))?;
+        if let Some(dir) = site.hub.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let hub = evos_hal::can::SimCanHub::bind(&site.hub)
+            .await
+            .map_err(|source| SimError::CanHub {
+                path: site.hub.clone(),
+                source,
+            })?;
+        let outputs: Vec<u32> = site.config.outputs.iter().map(|o| o.evse).collect();
+        let (emulator, handle) = power::Emulator::new(protocol, &site.config.modules, &outputs);
+        tracing::info!(hub = %site.hub.display(), "simulated CAN bus");
+        tasks.spawn(emulator.run(hub));
+        power_handle = Some(handle);
+    }
     for site in &sites {
         // A stale socket from a previous run would make bind fail.
         let _ = std::fs::remove_file(&site.socket_path);
@@ -299,6 +393,10 @@ pub async fn run(
             id: site.id,
             socket_path: site.socket_path.clone(),
             socket_outlet: site.socket_outlet,
+            power: power_handle
+                .as_ref()
+                .filter(|_| site.dc)
+                .and_then(|h| h.port(site.id)),
         };
         let (terminals, watching) = watch::channel(Terminals::default());
         if let Some(meter) = &site.meter {
@@ -337,23 +435,44 @@ pub async fn run(
             }
         });
     }
+    let module_count = power_site.as_ref().map_or(0, |p| p.config.modules.len());
+    let (assignment, power) = match power_handle {
+        Some(h) => (
+            Some(h.assignment),
+            Some(PowerControl {
+                commands: h.commands,
+                states: h.states,
+            }),
+        ),
+        None => (None, None),
+    };
     let sim = Sim {
         evses,
         sites: sites.iter().map(|s| (s.id, s.clone())).collect(),
         default_ev: config.default_ev.clone(),
+        power,
     };
-    let _connection = evos_bus::connection_builder(bus_address)
+    let connection = evos_bus::connection_builder(bus_address)
         .serve_at(evos_bus::sim::PATH, sim)
         .name(evos_bus::sim::BUS_NAME)
         .build()
         .await?;
+    if let (Some(assignment), Some(site)) = (assignment, &power_site) {
+        let outputs = site.config.outputs.iter().map(|o| o.evse).collect();
+        tasks.spawn(power::follow_assignment(
+            connection.clone(),
+            outputs,
+            assignment,
+        ));
+    }
     evos_service::notify::ready(&format!(
-        "simulating {} EVSE(s), {meter_count} meter(s)",
+        "simulating {} EVSE(s), {meter_count} meter(s), {module_count} power module(s)",
         sites.len()
     ));
     tracing::info!(
         evses = sites.len(),
         meters = meter_count,
+        power_modules = module_count,
         time_scale = config.time_scale,
         "hal-sim ready"
     );
@@ -400,6 +519,25 @@ mod tests {
         std::fs::write(register_path(dir.path(), 2), "garbage").unwrap();
         assert_eq!(saved_register(Some(dir.path()), 2), 0.0);
         assert_eq!(saved_register(None, 1), 0.0);
+    }
+
+    #[test]
+    fn module_fault_kinds_parse_and_match_the_contract() {
+        for kind in evos_bus::sim::MODULE_FAULT_KINDS {
+            assert!(parse_module_fault(kind).is_ok(), "{kind}");
+        }
+        assert_eq!(
+            parse_module_fault("silent").unwrap(),
+            Some(ModuleFaultKind::Silent)
+        );
+        assert_eq!(parse_module_fault("clear").unwrap(), None);
+        let Err(evos_bus::Error::InvalidArgument(message)) = parse_module_fault("melted") else {
+            panic!("an unknown kind is an invalid argument");
+        };
+        assert_eq!(
+            message,
+            "unknown module fault `melted`; known: over-temperature, output-short, input-fault, silent, clear"
+        );
     }
 
     #[test]

@@ -504,6 +504,7 @@ impl Station {
             id: 1,
             socket_path: socket.clone(),
             socket_outlet: false,
+            power: None,
         };
         tokio::spawn(hal_sim::evse::run(
             spec, time_scale, meter_wh, listener, rx, terminals,

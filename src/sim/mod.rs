@@ -55,10 +55,11 @@ pub struct SimArgs {
 /// Tokens the generated config allows.
 pub const DEMO_TOKENS: &[&str] = &["EVOS-DEMO", "04A1B2C3D4"];
 
-/// The EVSEs hal-sim serves, from the `[evse]` section, each with the meter
-/// it emulates from `[meter]`: a Modbus TCP server on the meter's loopback
-/// `tcp:` address.
-pub fn sites_of(config: &StationConfig) -> Result<Vec<hal_sim::EvseSite>> {
+/// What hal-sim simulates: the EVSEs of the `[evse]` section, each with the
+/// meter it emulates from `[meter]` (a Modbus TCP server on the meter's
+/// loopback `tcp:` address), and, when `[power] can` is `sim:PATH`, the
+/// power modules of `[power]` on a CAN hub at PATH.
+pub fn sites_of(config: &StationConfig) -> Result<hal_sim::Sites> {
     use evos_meter::transport::TransportAddress;
     use evos_service::config::Invalid;
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -85,8 +86,15 @@ pub fn sites_of(config: &StationConfig) -> Result<Vec<hal_sim::EvseSite>> {
             ),
         })
         .collect::<Result<Vec<_>>>()?;
+    let power = match &config.power {
+        Some(power) => power_site(power, &sites)?,
+        None => None,
+    };
     let Some(meter) = &config.meter else {
-        return Ok(sites);
+        return Ok(hal_sim::Sites {
+            evses: sites,
+            power,
+        });
     };
     for (i, spec) in meter.validate()?.into_iter().enumerate() {
         let key = |k: &str| format!("meter.meter[{i}].{k}");
@@ -133,7 +141,58 @@ pub fn sites_of(config: &StationConfig) -> Result<Vec<hal_sim::EvseSite>> {
             map: spec.map,
         });
     }
-    Ok(sites)
+    Ok(hal_sim::Sites {
+        evses: sites,
+        power,
+    })
+}
+
+/// The power modules hal-sim emulates: those of `[power]` when its bus is
+/// the simulator's (`can = "sim:PATH"`); on a real bus (`socketcan:`) the
+/// modules are real and hal-sim leaves them alone.
+fn power_site(
+    power: &evos_power::Config,
+    evses: &[hal_sim::EvseSite],
+) -> Result<Option<hal_sim::PowerSite>> {
+    use evos_hal::can::CanAddress;
+    use evos_service::config::Invalid;
+
+    power.validate()?;
+    let hub = match power.can.parse::<CanAddress>() {
+        Ok(CanAddress::Sim(path)) => path,
+        Ok(CanAddress::SocketCan(_)) => {
+            tracing::info!(
+                can = power.can,
+                "power modules on a real CAN bus: the simulator emulates none"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(Invalid::new("power.can", e.to_string()).into()),
+    };
+    for (i, output) in power.outputs.iter().enumerate() {
+        let evse = output.evse;
+        match evses.iter().find(|s| s.id == evse) {
+            None => {
+                return Err(Invalid::new(
+                    format!("power.output[{i}].evse"),
+                    format!("there is no EVSE {evse} in [evse]"),
+                )
+                .into());
+            }
+            Some(site) if !site.dc => {
+                return Err(Invalid::new(
+                    format!("power.output[{i}].evse"),
+                    format!("EVSE {evse} is an AC EVSE (kind = \"ac\")"),
+                )
+                .into());
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(Some(hal_sim::PowerSite {
+        hub,
+        config: power.clone(),
+    }))
 }
 
 fn generated_config(args: &SimArgs, run: &Path, time_scale: f64, meter_ports: Vec<u16>) -> String {
@@ -159,6 +218,25 @@ fn generated_config(args: &SimArgs, run: &Path, time_scale: f64, meter_ports: Ve
     } else {
         ("sdm630", 25_000.0)
     };
+    if args.dc {
+        // Two 30 kW modules per EVSE in one pool that the EVSEs share.
+        let modules = 2 * args.evses;
+        let pool: Vec<String> = (1..=modules).map(|a| a.to_string()).collect();
+        text += &format!(
+            "\n[power]\nprotocol = \"infypower\"\ncan = \"sim:{}\"\nramp_a_per_s = 100\npool_max_power_w = {}\npool = [{}]\n",
+            run.join("can.sock").display(),
+            30_000 * modules,
+            pool.join(", ")
+        );
+        for address in 1..=modules {
+            text += &format!(
+                "\n[[power.module]]\naddress = {address}\nmax_current_a = 100\nmax_power_w = 30000\nmin_voltage_v = 150\nmax_voltage_v = 1000\n"
+            );
+        }
+        for id in 1..=args.evses {
+            text += &format!("\n[[power.output]]\nevse = {id}\n");
+        }
+    }
     text += &format!(
         "\n[meter]\npoll_interval_ms = 1000\nsign = true\nstation_serial = \"{}\"\n",
         args.station_id
@@ -446,8 +524,11 @@ async fn supervise(
     let mut services = vec![
         Service::new("hal-sim", service_args("hal-sim"), &run)?,
         Service::new("meter", service_args("meter"), &run)?,
-        Service::new("evse", service_args("evse"), &run)?,
     ];
+    if args.dc {
+        services.push(Service::new("power", service_args("power"), &run)?);
+    }
+    services.push(Service::new("evse", service_args("evse"), &run)?);
     for service in &mut services {
         service.spawn(&bus, &run)?;
         service.ready(Duration::from_secs(20)).await?;

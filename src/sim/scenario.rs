@@ -16,10 +16,8 @@ const STEP_DEADLINE: Duration = Duration::from_secs(30);
 
 pub async fn run(name: &str, connection: &zbus::Connection) -> Result<String> {
     match name {
-        "ac-session" => ac_session(connection).await,
-        "dc-session" => bail!(
-            "dc-session needs the power service (DC power modules over CAN), which this build does not have yet"
-        ),
+        "ac-session" => session(connection, "ac-session", "ac-11kw", "an 11 kW car").await,
+        "dc-session" => session(connection, "dc-session", "dc-400v", "a 400 V DC car").await,
         other => bail!("unknown scenario `{other}`"),
     }
 }
@@ -48,12 +46,17 @@ async fn wait_status(proxy: &Evse1Proxy<'_>, want: &[&str]) -> Result<String> {
         .with_context(|| format!("EVSE did not reach {want:?} within {STEP_DEADLINE:?}"))?
 }
 
-async fn ac_session(connection: &zbus::Connection) -> Result<String> {
+async fn session(
+    connection: &zbus::Connection,
+    name: &str,
+    profile: &str,
+    car: &str,
+) -> Result<String> {
     let sim = Sim1Proxy::new(connection).await?;
     let evse = evse(connection, 1).await?;
     let started = std::time::Instant::now();
-    println!("scenario: plug an 11 kW car into EVSE 1");
-    sim.plug(1, "ac-11kw").await?;
+    println!("scenario: plug {car} into EVSE 1");
+    sim.plug(1, profile).await?;
     wait_status(&evse, &["Preparing"]).await?;
     let token = super::DEMO_TOKENS[0];
     println!("scenario: swipe {token}");
@@ -80,7 +83,7 @@ async fn ac_session(connection: &zbus::Connection) -> Result<String> {
         .record;
     wait_status(&evse, &["Available"]).await?;
     Ok(format!(
-        "scenario ac-session complete: session {} token {} energy {:.1} Wh stop reason {} in {:.1} s",
+        "scenario {name} complete: session {} token {} energy {:.1} Wh stop reason {} in {:.1} s",
         record.id,
         record.token,
         record.energy_wh(),

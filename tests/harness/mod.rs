@@ -24,11 +24,17 @@ pub struct Stack {
     broker: Child,
     pub hal_sim: Child,
     pub meter: Child,
+    /// DC stacks only.
+    pub power: Option<Child>,
     pub evse: Child,
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        if let Some(power) = &mut self.power {
+            let _ = power.kill();
+            let _ = power.wait();
+        }
         for child in [
             &mut self.evse,
             &mut self.meter,
@@ -155,13 +161,67 @@ pub fn config(dir: &Path) -> PathBuf {
     path
 }
 
+/// A DC station: `evses` DC EVSEs sharing a pool of `modules` simulated
+/// InfyPower modules (30 kW, 100 A each; the pool may draw 30 kW per
+/// module), an AcuDC 240 meter each.
+pub fn dc_config(dir: &Path, evses: u32, modules: u8) -> PathBuf {
+    let path = dir.join("evos.toml");
+    let mut text =
+        format!("[sim]\ntime_scale = {TIME_SCALE:?}\n\n[evse]\nallow_list = [\"{TOKEN}\"]\n");
+    for id in 1..=evses {
+        text += &format!(
+            "\n[[evse.evse]]\nid = {id}\nkind = \"dc\"\nlink = \"unix:{}\"\nmax_current_a = 200\nsocket = false\n",
+            dir.join(format!("mcu-{id}.sock")).display()
+        );
+    }
+    let pool: Vec<String> = (1..=modules).map(|a| a.to_string()).collect();
+    text += &format!(
+        "\n[power]\nprotocol = \"infypower\"\ncan = \"sim:{}\"\nramp_a_per_s = 2000\ncontrol_interval_ms = 50\n\
+         pool_max_power_w = {}\npool = [{}]\n",
+        dir.join("can.sock").display(),
+        30_000 * u32::from(modules),
+        pool.join(", ")
+    );
+    for address in 1..=modules {
+        text += &format!(
+            "\n[[power.module]]\naddress = {address}\nmax_current_a = 100\nmax_power_w = 30000\n"
+        );
+    }
+    for id in 1..=evses {
+        text += &format!("\n[[power.output]]\nevse = {id}\n");
+    }
+    text += "\n[meter]\npoll_interval_ms = 200\nsign = true\n";
+    for id in 1..=evses {
+        text += &format!(
+            "\n[[meter.meter]]\nevse = {id}\nmap = \"dc-meter\"\ntransport = \"tcp:127.0.0.1:{}\"\nmax_power_w = {:?}\n",
+            free_port(),
+            150_000.0 * TIME_SCALE
+        );
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 impl Stack {
     pub async fn start() -> Stack {
         let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path());
+        config(dir.path());
+        Self::start_in(dir, false).await
+    }
+
+    /// A DC station (see [`dc_config`]), with the power service.
+    pub async fn start_dc(evses: u32, modules: u8) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        dc_config(dir.path(), evses, modules);
+        Self::start_in(dir, true).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, dc: bool) -> Stack {
+        let config = dir.path().join("evos.toml");
         let (broker, bus) = start_broker(dir.path());
         let (hal_sim, _) = spawn_ready(&sim_args(&config), dir.path(), "hal-sim", &bus);
         let meter = Self::spawn_service_in("meter", dir.path(), &bus);
+        let power = dc.then(|| Self::spawn_service_in("power", dir.path(), &bus));
         let evse = Self::spawn_service_in("evse", dir.path(), &bus);
         let connection = evos_bus::connection_builder(Some(&bus))
             .build()
@@ -174,6 +234,7 @@ impl Stack {
             broker,
             hal_sim,
             meter,
+            power,
             evse,
         };
         wait_cp(&stack.evse().await, "A").await;

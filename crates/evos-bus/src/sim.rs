@@ -34,6 +34,27 @@ pub const METER_FAULT_KINDS: &[&str] = &[
     "clear",
 ];
 
+/// Fault kinds `ModuleFault` accepts; `clear` clears the module's faults.
+///
+/// - `over-temperature`: the module derates (its current limit halves) and
+///   its status shows over-temperature and derating.
+/// - `output-short`: the module switches its output off and its status
+///   shows an output short; it stays off until told to switch on again
+///   after `clear`.
+/// - `input-fault`: the mains side fails: no output while it lasts, status
+///   shows an input fault; the module recovers by itself on `clear`.
+/// - `silent`: the module is unplugged: it sends no frame at all and
+///   delivers nothing; after `clear` it starts again as from power-up.
+///
+/// Each lasts until `clear`.
+pub const MODULE_FAULT_KINDS: &[&str] = &[
+    "over-temperature",
+    "output-short",
+    "input-fault",
+    "silent",
+    "clear",
+];
+
 /// What the simulator knows about one EVSE and the EV at it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Type)]
 pub struct SimEvse {
@@ -45,7 +66,7 @@ pub struct SimEvse {
     pub offered_a: f64,
     pub relays_closed: bool,
     pub locked: bool,
-    /// Current the EV draws per phase (A).
+    /// Current the EV draws: per phase for AC, the DC current for DC (A).
     pub current_a: f64,
     pub soc_percent: f64,
     /// The simulated meter register (Wh).
@@ -56,6 +77,28 @@ pub struct SimEvse {
     pub meter_faults: Vec<String>,
     /// Whether an `evse` service is connected to this EVSE's MCU link.
     pub host_connected: bool,
+}
+
+/// One emulated DC power module (`Modules`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Type)]
+pub struct SimModule {
+    pub address: u8,
+    /// The EVSE whose output the module feeds now (from Power1 `Modules`,
+    /// standing in for the contactor matrix); 0 for none.
+    pub evse: u32,
+    /// Whether its output stage runs.
+    pub on: bool,
+    /// The setpoint it was last given: voltage (V), current limit (A).
+    pub setpoint_v: f64,
+    pub setpoint_a: f64,
+    /// What it measures at its output (V, A).
+    pub voltage_v: f64,
+    pub current_a: f64,
+    /// Injected faults, from [`MODULE_FAULT_KINDS`].
+    pub faults: Vec<String>,
+    /// It heard nothing from its controller for its heartbeat timeout and
+    /// switched itself off (until the controller speaks again).
+    pub timed_out: bool,
 }
 
 #[proxy(
@@ -76,6 +119,11 @@ pub trait Sim1 {
     /// Inject a fault into the emulated meter of `evse`, one of
     /// [`METER_FAULT_KINDS`] (`clear` clears them).
     fn meter_fault(&self, evse: u32, kind: &str) -> Result<(), crate::Error>;
+    /// Inject a fault into the emulated power module at `address`, one of
+    /// [`MODULE_FAULT_KINDS`] (`clear` clears them).
+    fn module_fault(&self, address: u8, kind: &str) -> Result<(), crate::Error>;
     fn evses(&self) -> Result<Vec<SimEvse>, crate::Error>;
+    /// The emulated power modules (none without a simulated CAN bus).
+    fn modules(&self) -> Result<Vec<SimModule>, crate::Error>;
     fn profiles(&self) -> Result<Vec<String>, crate::Error>;
 }

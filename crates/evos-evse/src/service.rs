@@ -293,9 +293,9 @@ pub async fn run(
         );
         if driver.machine.spec().kind == Kind::Dc {
             driver.power = Some(
+                // Cached properties: `receive_fault_changed` needs them.
                 evos_bus::power::Power1Proxy::builder(&connection)
                     .path(evos_bus::power::path(id))
-                    .cache_properties(zbus::proxy::CacheProperties::No)
                     .build()
                     .await?,
             );
