@@ -163,6 +163,77 @@ pub trait CanBus: Send {
     fn recv(&mut self) -> impl Future<Output = Result<CanFrame>> + Send;
 }
 
+/// CAN controller states that SocketCAN reports in error frames
+/// (`linux/can/error.h`). Error-active/warning/passive are reported and
+/// the bus stays usable; after bus-off the controller sends nothing until
+/// it restarts (the kernel's `restart-ms`, or `ip link set … type can
+/// restart`), so a client reopens its socket with back-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControllerState {
+    /// Error counters above 96 (warning level).
+    ErrorWarning,
+    /// Error counters above 127: the controller no longer sends active
+    /// error flags; frames still flow.
+    ErrorPassive,
+    /// Back to error-active.
+    ErrorActive,
+    /// Transmit error counter above 255: off the bus.
+    BusOff,
+    /// The controller restarted after bus-off.
+    Restarted,
+}
+
+impl std::fmt::Display for ControllerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ControllerState::ErrorWarning => "error warning",
+            ControllerState::ErrorPassive => "error passive",
+            ControllerState::ErrorActive => "error active again",
+            ControllerState::BusOff => "bus-off",
+            ControllerState::Restarted => "restarted after bus-off",
+        })
+    }
+}
+
+/// `linux/can/error.h`: error class bits in `can_id`, details in data.
+mod error_frame {
+    pub const CAN_ERR_CRTL: u32 = 0x0000_0004;
+    pub const CAN_ERR_BUSOFF: u32 = 0x0000_0040;
+    pub const CAN_ERR_RESTARTED: u32 = 0x0000_0100;
+    /// data[1] when `CAN_ERR_CRTL`.
+    pub const CAN_ERR_CRTL_RX_WARNING: u8 = 0x04;
+    pub const CAN_ERR_CRTL_TX_WARNING: u8 = 0x08;
+    pub const CAN_ERR_CRTL_RX_PASSIVE: u8 = 0x10;
+    pub const CAN_ERR_CRTL_TX_PASSIVE: u8 = 0x20;
+    pub const CAN_ERR_CRTL_ACTIVE: u8 = 0x40;
+}
+
+/// The controller state an error frame reports, if it reports one (bus
+/// errors, lost arbitration and the like report none). The most severe
+/// state wins when a frame carries several.
+pub fn controller_state(error_bits: u32, data: &[u8]) -> Option<ControllerState> {
+    use error_frame::*;
+    if error_bits & CAN_ERR_BUSOFF != 0 {
+        return Some(ControllerState::BusOff);
+    }
+    if error_bits & CAN_ERR_CRTL != 0 {
+        let detail = data.get(1).copied().unwrap_or(0);
+        if detail & (CAN_ERR_CRTL_RX_PASSIVE | CAN_ERR_CRTL_TX_PASSIVE) != 0 {
+            return Some(ControllerState::ErrorPassive);
+        }
+        if detail & (CAN_ERR_CRTL_RX_WARNING | CAN_ERR_CRTL_TX_WARNING) != 0 {
+            return Some(ControllerState::ErrorWarning);
+        }
+        if detail & CAN_ERR_CRTL_ACTIVE != 0 {
+            return Some(ControllerState::ErrorActive);
+        }
+    }
+    if error_bits & CAN_ERR_RESTARTED != 0 {
+        return Some(ControllerState::Restarted);
+    }
+    None
+}
+
 /// A real CAN interface through SocketCAN.
 pub struct SocketCanBus {
     socket: socketcan::tokio::CanSocket,
@@ -172,8 +243,13 @@ pub struct SocketCanBus {
 impl SocketCanBus {
     /// Open a raw CAN socket on `ifname` (e.g. `can0`, `vcan0`).
     pub fn open(ifname: &str) -> Result<Self> {
+        use socketcan::SocketOptions;
         let socket = socketcan::tokio::CanSocket::open(ifname)
             .map_err(|e| HalError::io(format!("opening CAN interface {ifname}"), e))?;
+        // Controller state changes arrive as error frames.
+        socket
+            .set_error_filter_accept_all()
+            .map_err(|e| HalError::io(format!("asking {ifname} for error frames"), e))?;
         Ok(SocketCanBus {
             socket,
             ifname: ifname.to_owned(),
@@ -211,9 +287,23 @@ impl CanBus for SocketCanBus {
                 .read_frame()
                 .await
                 .map_err(|e| HalError::io(format!("receiving on {}", self.ifname), e))?;
-            let socketcan::CanFrame::Data(data) = frame else {
-                tracing::debug!(interface = %self.ifname, "skipped a remote or error frame");
-                continue;
+            let data = match frame {
+                socketcan::CanFrame::Data(data) => data,
+                socketcan::CanFrame::Error(error) => {
+                    match controller_state(error.error_bits(), error.data()) {
+                        Some(state) => {
+                            return Err(HalError::CanController {
+                                interface: self.ifname.clone(),
+                                state,
+                            });
+                        }
+                        None => {
+                            tracing::debug!(interface = %self.ifname, bits = error.error_bits(), "CAN error frame");
+                            continue;
+                        }
+                    }
+                }
+                socketcan::CanFrame::Remote(_) => continue,
             };
             return match data.id() {
                 Id::Standard(id) => CanFrame::standard(u32::from(id.as_raw()), data.data()),
@@ -677,6 +767,40 @@ mod tests {
         let mut wide = ok;
         wide[1] = 0x08;
         assert!(msg(&wide).contains("11-bit"));
+    }
+
+    #[test]
+    fn error_frames_report_controller_states_as_linux_can_error_h_lays_them_out() {
+        // CAN_ERR_CRTL with data[1] = CAN_ERR_CRTL_TX_PASSIVE.
+        assert_eq!(
+            controller_state(0x04, &[0, 0x20, 0, 0, 0, 0, 0, 0]),
+            Some(ControllerState::ErrorPassive)
+        );
+        assert_eq!(
+            controller_state(0x04, &[0, 0x10]),
+            Some(ControllerState::ErrorPassive)
+        );
+        assert_eq!(
+            controller_state(0x04, &[0, 0x08]),
+            Some(ControllerState::ErrorWarning)
+        );
+        assert_eq!(
+            controller_state(0x04, &[0, 0x40]),
+            Some(ControllerState::ErrorActive)
+        );
+        // CAN_ERR_BUSOFF wins over anything else in the frame.
+        assert_eq!(
+            controller_state(0x44, &[0, 0x20]),
+            Some(ControllerState::BusOff)
+        );
+        assert_eq!(
+            controller_state(0x100, &[]),
+            Some(ControllerState::Restarted)
+        );
+        // A bus error (CAN_ERR_BUSERROR 0x80) or lost arbitration (0x02): no state.
+        assert_eq!(controller_state(0x80, &[0; 8]), None);
+        assert_eq!(controller_state(0x02, &[3]), None);
+        assert_eq!(controller_state(0x04, &[]), None);
     }
 
     #[test]

@@ -36,6 +36,12 @@ pub enum HalError {
     Address(String, String),
     #[error("boot environment: {0}")]
     BootEnv(String),
+    /// The CAN controller reported a state change (an error frame).
+    #[error("CAN controller on {interface}: {state}")]
+    CanController {
+        interface: String,
+        state: can::ControllerState,
+    },
 }
 
 impl HalError {

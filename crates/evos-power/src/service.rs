@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use evos_bus::power as contract;
-use evos_hal::can::{AnyCanBus, CanAddress, CanBus};
+use evos_hal::can::{AnyCanBus, CanAddress, CanBus, ControllerState};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -222,8 +222,23 @@ async fn control(
                     Some(Err(e)) => tracing::warn!("malformed module frame: {e}"),
                     None => {}
                 },
+                // The controller's state: logged; frames still flow.
+                Err(evos_hal::HalError::CanController { state, .. })
+                    if state != ControllerState::BusOff =>
+                {
+                    match state {
+                        ControllerState::ErrorActive | ControllerState::Restarted => {
+                            tracing::info!(can = %address, "CAN controller {state}")
+                        }
+                        _ => tracing::warn!(can = %address, "CAN controller {state}"),
+                    }
+                }
+                Err(evos_hal::HalError::Frame(why)) => {
+                    tracing::warn!(can = %address, "dropped a bad CAN frame: {why}");
+                }
                 Err(e) => {
-                    // Bus-off, interface down, error-passive storms: reopen.
+                    // Bus-off (the kernel restarts the controller after its
+                    // restart-ms), interface down or gone: reopen with back-off.
                     tracing::warn!(can = %address, "CAN receive failed: {e}; reopening");
                     bus = None;
                     reopen_at = Instant::now() + backoff;
