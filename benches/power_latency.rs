@@ -64,14 +64,16 @@ async fn modules(mut hub: SimCanHub, seen: mpsc::UnboundedSender<(f64, Instant)>
         };
         let reply = match command {
             Command::SetOutput { current_a, .. } => {
-                if address == 1 {
+                if address == 1
+                    && let Some(current_a) = current_a
+                {
                     let _ = seen.send((current_a, at));
                 }
                 continue;
             }
             Command::ReadOutput => Reply::Output {
-                voltage_v: 400.0,
-                current_a: 0.0,
+                voltage_v: Some(400.0),
+                current_a: Some(0.0),
             },
             Command::ReadStatus => Reply::Status(ModuleStatus {
                 on: true,

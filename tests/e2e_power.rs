@@ -1,7 +1,8 @@
-//! End-to-end DC: hal-sim's InfyPower modules answering CAN frames on the
-//! simulator's CAN link, the real `power` service driving them, `evse`
-//! asking Power1 for what the simulated DC EV demands, and the meter
-//! reading the simulated DC meter. All processes on a real dbus-daemon.
+//! End-to-end DC: hal-sim's InfyPower (and UUGreen) modules answering CAN
+//! frames on the simulator's CAN link, the real `power` service driving
+//! them, `evse` asking Power1 for what the simulated DC EV demands, and the
+//! meter reading the simulated DC meter. All processes on a real
+//! dbus-daemon.
 
 mod harness;
 
@@ -72,7 +73,7 @@ async fn charge(stack: &Stack, id: u32) -> Evse1Proxy<'static> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_dc_evses_share_four_modules() {
-    let stack = Stack::start_dc(2, 4).await;
+    let stack = Stack::start_dc("infypower", 2, 4).await;
     let one = power(&stack, 1).await;
     let two = power(&stack, 2).await;
 
@@ -135,7 +136,7 @@ async fn two_dc_evses_share_four_modules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn module_faults_derate_then_end_the_session_safely() {
     // Two 30 kW modules: 150 A at 400 V.
-    let stack = Stack::start_dc(1, 2).await;
+    let stack = Stack::start_dc("infypower", 1, 2).await;
     let sim = stack.sim().await;
     let output = power(&stack, 1).await;
     let evse = charge(&stack, 1).await;
@@ -175,7 +176,7 @@ async fn module_faults_derate_then_end_the_session_safely() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unplugged_module_is_dropped_after_its_own_timeout() {
-    let stack = Stack::start_dc(1, 2).await;
+    let stack = Stack::start_dc("infypower", 1, 2).await;
     let sim = stack.sim().await;
     let output = power(&stack, 1).await;
     let evse = charge(&stack, 1).await;
@@ -193,5 +194,41 @@ async fn an_unplugged_module_is_dropped_after_its_own_timeout() {
     .await;
     assert_eq!(output.capabilities().await.unwrap().1, 100.0);
     assert!(output.setpoint_a().await.unwrap() <= 75.0 + 1e-9);
+    assert_eq!(evse.status().await.unwrap(), "Charging");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uugreen_modules_charge_a_dc_session() {
+    // UUGreen answers voltage and current in a frame each: both show in
+    // Power1. No ratings message: the ratings are the config's.
+    let stack = Stack::start_dc("uugreen", 1, 2).await;
+    let output = power(&stack, 1).await;
+    let evse = charge(&stack, 1).await;
+    let amps = wait_power(&output, "current measured by the modules", async |p| {
+        let a = p.current_a().await.ok()?;
+        (a > 0.0).then_some(a)
+    })
+    .await;
+    assert!(amps > 0.0, "{amps} A");
+    // Two 30 kW modules at 400 V: 150 A.
+    wait_power(&output, "150 A delivered", async |p| {
+        (p.current_a().await.ok()? > 149.0).then_some(())
+    })
+    .await;
+    let volts = wait_power(&output, "the battery's voltage measured", async |p| {
+        let v = p.voltage_v().await.ok()?;
+        (v > 390.0).then_some(v)
+    })
+    .await;
+    assert!(volts <= 410.0, "{volts} V");
+    assert_eq!(output.modules().await.unwrap(), [1, 2]);
+    assert_eq!(
+        output.capabilities().await.unwrap(),
+        (1000.0, 200.0, 60_000.0)
+    );
+    assert!(output.faults().await.unwrap().is_empty());
+    let first = wait_energy_above(&evse, 1.0).await;
+    let later = wait_energy_above(&evse, first + 10.0).await;
+    assert!(later > first, "{first} Wh, then {later} Wh");
     assert_eq!(evse.status().await.unwrap(), "Charging");
 }

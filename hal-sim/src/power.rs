@@ -21,6 +21,12 @@
 //! answer broadcasts, which is what a controller in EVerest's "broadcast"
 //! mode relies on.
 //!
+//! A setting is answered with `Reply::Ack` of the command the module read,
+//! which the codec encodes as its vendor's echo; every answer goes through
+//! [`ModuleProtocol::encode_reply_to`] with the target the command reached
+//! the module by (an InfyPower module asked through its group answers with
+//! device 0x0B).
+//!
 //! # Plant model, per module
 //!
 //! - On/off as commanded; an `output-short` switches it off (latched: it
@@ -46,13 +52,10 @@
 //!
 //! # Limits, where the codecs' module side cannot say more yet
 //!
-//! - An InfyPower module asked through its group answers with device
-//!   0x0B; `encode_reply` does not know the target and always sends 0x0A
-//!   (the controller's `decode_reply` takes both).
-//! - UUGreen's voltage setpoint and current limit (registers 2, 3), its
-//!   set-data responses, and the one-register answers to a voltage or
-//!   current read are built with the codec's register-level [`Packet`],
-//!   since the trait carries none of them one at a time.
+//! - UUGreen reads the output voltage and current with a frame each, and
+//!   answers each with that register alone; both reads decode as
+//!   `Command::ReadOutput`, so which one was asked is read from the
+//!   frame with the codec's register-level [`Packet`].
 //!
 //! # Which modules feed which EVSE
 //!
@@ -70,8 +73,7 @@ use evos_bus::sim::SimModule;
 use evos_hal::HalError;
 use evos_hal::can::{CanBus, CanFrame};
 use evos_power::config::ModuleConfig;
-use evos_power::protocol::infypower::InfyPower;
-use evos_power::protocol::uugreen::{self, MessageType, Packet};
+use evos_power::protocol::uugreen::Packet;
 use evos_power::protocol::{
     Command as ModuleCommand, ModuleFault, ModuleProtocol, ModuleStatus, Reply as ModuleReply,
     Target,
@@ -204,28 +206,18 @@ pub async fn fault(
     rx.await.map_err(|_| gone())?
 }
 
-/// The vendor specifics a module side needs beyond the trait: how the
-/// vendor's module acknowledges a setting, which reads it answers, and the
-/// setpoint registers that the trait cannot carry one at a time yet.
+/// The vendor specifics a module side needs beyond the trait: which
+/// reads it answers, and which half of a register protocol's output read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dialect {
-    InfyPower,
     UuGreen,
-    /// A protocol without specifics here: the trait alone.
+    /// The trait alone (InfyPower): broadcasts get no answer.
     Generic,
-}
-
-/// One half of a register protocol's setpoint.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Half {
-    Voltage(f64),
-    Current(f64),
 }
 
 impl Dialect {
     fn of(name: &str) -> Self {
         match name {
-            "infypower" => Dialect::InfyPower,
             "uugreen" => Dialect::UuGreen,
             _ => Dialect::Generic,
         }
@@ -236,77 +228,18 @@ impl Dialect {
         self == Dialect::UuGreen
     }
 
-    /// UUGreen sends the voltage setpoint and the current limit in frames
-    /// of their own (registers 2 and 3), which `decode_command` does not
-    /// give yet: read them with the codec's register-level [`Packet`].
-    fn setpoint_half(self, frame: &CanFrame) -> Option<(Target, Half)> {
-        if self != Dialect::UuGreen {
-            return None;
-        }
-        let packet = Packet::from_frame(frame)?.ok()?;
-        if packet.monitor != uugreen::MONITOR
-            || packet.production_day != 0
-            || packet.serial_low != 0
-            || packet.kind != MessageType::SetData
-        {
-            return None;
-        }
-        let half = match packet.register {
-            uugreen::register::VOUT_REFERENCE => Half::Voltage(uugreen::from_milli(packet.value)),
-            uugreen::register::IOUT_LIMIT => Half::Current(uugreen::from_milli(packet.value)),
-            _ => return None,
-        };
-        // Addressing as the codec reads it: module 0 is every module (of
-        // the group in byte 0, if any).
-        let target = match (packet.module, packet.group) {
-            (uugreen::ALL_MODULES, 0) => Target::Broadcast,
-            (uugreen::ALL_MODULES, group) => Target::Group(group),
-            (address, _) => Target::Module(address),
-        };
-        Some((target, half))
-    }
-
-    /// The acknowledgement module `address` sends for the setting in
-    /// `frame`.
-    fn ack(
-        self,
-        protocol: &dyn ModuleProtocol,
-        address: u8,
-        frame: &CanFrame,
-        command: Option<&ModuleCommand>,
-    ) -> Vec<CanFrame> {
-        match self {
-            Dialect::InfyPower => command
-                .map(|c| InfyPower.encode_ack(address, c))
-                .unwrap_or_default(),
-            // A set-data response echoes register and value.
-            Dialect::UuGreen => match Packet::from_frame(frame) {
-                Some(Ok(p)) => vec![
-                    Packet::new(
-                        address,
-                        0,
-                        MessageType::SetDataResponse,
-                        p.register,
-                        p.value,
-                    )
-                    .to_frame(),
-                ],
-                _ => Vec::new(),
-            },
-            Dialect::Generic => protocol.encode_reply(address, &ModuleReply::Ack),
-        }
-    }
-
-    /// The answer of module `address` to the read in `frame`.
+    /// The answer of module `address` to the command in `frame`, which
+    /// reached it through `target`.
     fn answer(
         self,
         protocol: &dyn ModuleProtocol,
         address: u8,
+        target: Target,
         frame: &CanFrame,
         reply: &ModuleReply,
     ) -> Vec<CanFrame> {
-        let frames = protocol.encode_reply(address, reply);
-        if self != Dialect::UuGreen {
+        let frames = protocol.encode_reply_to(address, reply, target);
+        if self != Dialect::UuGreen || !matches!(reply, ModuleReply::Output { .. }) {
             return frames;
         }
         // A register read is answered with that register alone, though a
@@ -412,12 +345,17 @@ impl Module {
     /// Apply a setting from the controller.
     fn apply(&mut self, command: &ModuleCommand) {
         match *command {
+            // A register protocol sets one of the two per frame.
             ModuleCommand::SetOutput {
                 voltage_v,
                 current_a,
             } => {
-                self.set_v = voltage_v.max(0.0);
-                self.set_a = current_a.max(0.0);
+                if let Some(voltage_v) = voltage_v {
+                    self.set_v = voltage_v.max(0.0);
+                }
+                if let Some(current_a) = current_a {
+                    self.set_a = current_a.max(0.0);
+                }
             }
             ModuleCommand::SetOn(on) => {
                 // A shorted module does not switch on until the short is
@@ -649,19 +587,16 @@ impl Emulator {
     /// A frame from the bus: every module it reaches applies it and answers
     /// as its vendor's module does.
     async fn on_frame(&mut self, bus: &mut impl CanBus, frame: &CanFrame) {
-        let (target, command, half) = match self.protocol.decode_command(frame) {
-            Some(Ok((target, command))) => (target, Some(command), None),
+        let (target, command) = match self.protocol.decode_command(frame) {
+            Some(Ok(decoded)) => decoded,
             Some(Err(e)) => {
                 tracing::debug!("power modules: malformed command: {e}");
                 return;
             }
-            None => match self.dialect.setpoint_half(frame) {
-                Some((target, half)) => (target, None, Some(half)),
-                None => return,
-            },
+            None => return,
         };
         let now = Instant::now();
-        let mut out = Vec::new();
+        let mut answering = Vec::new();
         for m in self.modules.values_mut() {
             if m.has(ModuleFaultKind::Silent) {
                 continue;
@@ -671,63 +606,39 @@ impl Emulator {
             };
             m.last_heard = now;
             m.timed_out = false;
-            match half {
-                Some(Half::Voltage(v)) => m.set_v = v.max(0.0),
-                Some(Half::Current(a)) => m.set_a = a.max(0.0),
-                None => {}
+            m.apply(&command);
+            if answers {
+                answering.push(m.spec.address);
             }
-            if let Some(command) = &command {
-                m.apply(command);
-            }
-            if !answers {
-                continue;
-            }
-            let address = m.spec.address;
+        }
+        let mut frames = Vec::new();
+        for address in answering {
+            let m = &self.modules[&address];
             let reply = match command {
-                Some(ModuleCommand::ReadOutput) => Some(ModuleReply::Output {
-                    voltage_v: 0.0,
-                    current_a: m.current_a,
-                }),
-                Some(ModuleCommand::ReadStatus) => Some(ModuleReply::Status(m.status())),
-                Some(ModuleCommand::ReadCapabilities) => Some(ModuleReply::Capabilities {
+                ModuleCommand::ReadOutput => ModuleReply::Output {
+                    voltage_v: Some(self.voltage_v(m)),
+                    current_a: Some(m.current_a),
+                },
+                ModuleCommand::ReadStatus => ModuleReply::Status(m.status()),
+                ModuleCommand::ReadCapabilities => ModuleReply::Capabilities {
                     min_voltage_v: m.spec.min_voltage_v,
                     max_voltage_v: m.spec.max_voltage_v,
                     max_current_a: m.spec.max_current_a,
                     max_power_w: m.spec.max_power_w,
-                }),
-                Some(ModuleCommand::SetOutput { .. } | ModuleCommand::SetOn(_)) | None => None,
-            };
-            out.push((address, reply));
-        }
-        let mut frames = Vec::new();
-        for (address, reply) in out {
-            match reply {
-                Some(ModuleReply::Output { current_a, .. }) => {
-                    let voltage_v = self.voltage_v(&self.modules[&address]);
-                    let reply = ModuleReply::Output {
-                        voltage_v,
-                        current_a,
-                    };
-                    frames.extend(self.dialect.answer(
-                        self.protocol.as_ref(),
-                        address,
-                        frame,
-                        &reply,
-                    ));
+                },
+                // The vendor's echo of the setting, also when the module
+                // does not act on it (a shorted module told to switch on).
+                ModuleCommand::SetOutput { .. } | ModuleCommand::SetOn(_) => {
+                    ModuleReply::Ack(command)
                 }
-                Some(reply) => frames.extend(self.dialect.answer(
-                    self.protocol.as_ref(),
-                    address,
-                    frame,
-                    &reply,
-                )),
-                None => frames.extend(self.dialect.ack(
-                    self.protocol.as_ref(),
-                    address,
-                    frame,
-                    command.as_ref(),
-                )),
-            }
+            };
+            frames.extend(self.dialect.answer(
+                self.protocol.as_ref(),
+                address,
+                target,
+                frame,
+                &reply,
+            ));
         }
         for f in frames {
             if let Err(e) = bus.send(&f).await {

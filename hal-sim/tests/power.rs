@@ -77,17 +77,23 @@ impl Rig {
         }
     }
 
-    fn uugreen(&self) -> bool {
-        self.protocol.name() == "uugreen"
-    }
-
-    /// Send `command` to `target`; the number of frames it took.
-    async fn send(&mut self, target: Target, command: Command) -> usize {
+    /// Send `command` to `target`; the frames it took.
+    async fn send(&mut self, target: Target, command: Command) -> Vec<CanFrame> {
         let frames = self.protocol.encode_command(target, &command);
         for frame in &frames {
             self.bus.send(frame).await.unwrap();
         }
-        frames.len()
+        frames
+    }
+
+    /// Send a setting to module `address`: it acknowledges every frame with
+    /// the vendor's echo, which reads back as `Ack` of that frame's part of
+    /// the setting.
+    async fn set(&mut self, address: u8, setting: Command) {
+        for frame in self.send(Target::Module(address), setting).await {
+            let (_, part) = self.protocol.decode_command(&frame).unwrap().unwrap();
+            assert_eq!(self.reply().await, (address, Reply::Ack(part)));
+        }
     }
 
     async fn frame(&mut self) -> CanFrame {
@@ -106,20 +112,12 @@ impl Rig {
 
     /// Setpoint, then on: the module acknowledges every frame.
     async fn switch_on(&mut self, address: u8, voltage_v: f64, current_a: f64) {
-        let target = Target::Module(address);
-        let mut frames = self
-            .send(
-                target,
-                Command::SetOutput {
-                    voltage_v,
-                    current_a,
-                },
-            )
-            .await;
-        frames += self.send(target, Command::SetOn(true)).await;
-        for _ in 0..frames {
-            assert_eq!(self.reply().await, (address, Reply::Ack));
-        }
+        let setpoint = Command::SetOutput {
+            voltage_v: Some(voltage_v),
+            current_a: Some(current_a),
+        };
+        self.set(address, setpoint).await;
+        self.set(address, Command::SetOn(true)).await;
     }
 
     async fn status(&mut self, address: u8) -> ModuleStatus {
@@ -131,39 +129,37 @@ impl Rig {
         }
     }
 
-    /// The module's measured output (V, A). UUGreen answers voltage and
-    /// current in a frame each, which the trait's `decode_reply` does not
-    /// pair yet: read them with the codec's register-level `Packet`.
+    /// The module's measured output (V, A): one answer per read frame
+    /// (UUGreen answers voltage and current in a frame each), each value
+    /// once.
     async fn output(&mut self, address: u8) -> (f64, f64) {
-        self.send(Target::Module(address), Command::ReadOutput)
+        let frames = self
+            .send(Target::Module(address), Command::ReadOutput)
             .await;
-        if !self.uugreen() {
-            return match self.reply().await {
+        let (mut voltage, mut current) = (None, None);
+        for _ in &frames {
+            match self.reply().await {
                 (
                     a,
                     Reply::Output {
                         voltage_v,
                         current_a,
                     },
-                ) if a == address => (voltage_v, current_a),
+                ) if a == address => {
+                    for (value, seen) in [(voltage_v, &mut voltage), (current_a, &mut current)] {
+                        if value.is_some() {
+                            assert!(seen.is_none(), "a value answered twice");
+                            *seen = value;
+                        }
+                    }
+                }
                 other => panic!("not module {address}'s output: {other:?}"),
-            };
-        }
-        let (mut voltage, mut current) = (None, None);
-        while voltage.is_none() || current.is_none() {
-            let frame = self.frame().await;
-            let Some(Ok(p)) = Packet::from_frame(&frame) else {
-                continue;
-            };
-            assert_eq!(p.module, address);
-            assert_eq!(p.kind, MessageType::ReadDataResponse);
-            match p.register {
-                uugreen::register::VOUT => voltage = Some(uugreen::from_milli(p.value)),
-                uugreen::register::IOUT => current = Some(uugreen::from_milli(p.value)),
-                other => panic!("register {other} answered to an output read"),
             }
         }
-        (voltage.unwrap(), current.unwrap())
+        (
+            voltage.expect("the voltage answered"),
+            current.expect("the current answered"),
+        )
     }
 
     /// A DC EV at EVSE 1 fed by `modules`.
@@ -289,8 +285,8 @@ async fn silent_module_answers_nothing(protocol: &str) {
     rig.send(
         Target::Module(1),
         Command::SetOutput {
-            voltage_v: BATTERY_V,
-            current_a: 10.0,
+            voltage_v: Some(BATTERY_V),
+            current_a: Some(10.0),
         },
     )
     .await;
@@ -482,8 +478,8 @@ async fn modules_share_what_the_ev_accepts_and_deliver_only_while_connected() {
     rig.send(
         Target::Module(2),
         Command::SetOutput {
-            voltage_v: 300.0,
-            current_a: 30.0,
+            voltage_v: Some(300.0),
+            current_a: Some(30.0),
         },
     )
     .await;
@@ -509,10 +505,26 @@ async fn modules_share_what_the_ev_accepts_and_deliver_only_while_connected() {
 async fn infypower_groups_reach_every_module_and_broadcasts_get_no_answer() {
     let mut rig = Rig::start("infypower", &[1, 2]).await;
     // Group 0, the factory setting: both apply and answer.
+    // Each echoes the switch with device 0x0B (asked through its group):
+    // 0x1A to 0xF0 from the module, 0x02DA_F0xx.
     rig.send(Target::Group(0), Command::SetOn(true)).await;
-    let mut acks = vec![rig.reply().await, rig.reply().await];
-    acks.sort_by_key(|(a, _)| *a);
-    assert_eq!(acks, [(1, Reply::Ack), (2, Reply::Ack)]);
+    let mut echoes = [rig.frame().await, rig.frame().await];
+    echoes.sort_by_key(|f| f.id());
+    assert_eq!(
+        echoes.iter().map(|f| f.id()).collect::<Vec<_>>(),
+        [0x02DA_F001, 0x02DA_F002]
+    );
+    let acks: Vec<_> = echoes
+        .iter()
+        .map(|f| rig.protocol.decode_reply(f).unwrap().unwrap())
+        .collect();
+    assert_eq!(
+        acks,
+        [
+            (1, Reply::Ack(Command::SetOn(true))),
+            (2, Reply::Ack(Command::SetOn(true)))
+        ]
+    );
     assert!(rig.status(1).await.on && rig.status(2).await.on);
     // Another group's command is not for them.
     rig.send(Target::Group(3), Command::SetOn(false)).await;
@@ -521,6 +533,47 @@ async fn infypower_groups_reach_every_module_and_broadcasts_get_no_answer() {
     rig.send(Target::Broadcast, Command::ReadStatus).await;
     rig.assert_no_answer_before(2).await;
     assert!(!rig.status(1).await.on);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_uugreen_setpoint_register_alone_applies_and_is_echoed() {
+    let mut rig = Rig::start("uugreen", &[1]).await;
+    rig.switch_on(1, 450.0, 30.0).await;
+    rig.module(1, |m| m.setpoint_v == 450.0 && m.setpoint_a == 30.0)
+        .await;
+    // The current limit alone (register 3): the voltage setpoint stays.
+    let limit = Command::SetOutput {
+        voltage_v: None,
+        current_a: Some(12.5),
+    };
+    let frames = rig.send(Target::Module(1), limit).await;
+    assert_eq!(frames.len(), 1);
+    let echo = rig.frame().await;
+    let p = Packet::from_frame(&echo).unwrap().unwrap();
+    assert_eq!(
+        (p.module, p.kind, p.register, p.value),
+        (
+            1,
+            MessageType::SetDataResponse,
+            uugreen::register::IOUT_LIMIT,
+            12_500
+        )
+    );
+    assert_eq!(
+        rig.protocol.decode_reply(&echo),
+        Some(Ok((1, Reply::Ack(limit))))
+    );
+    rig.module(1, |m| m.setpoint_v == 450.0 && m.setpoint_a == 12.5)
+        .await;
+    // The voltage setpoint alone (register 2).
+    let setpoint = Command::SetOutput {
+        voltage_v: Some(420.0),
+        current_a: None,
+    };
+    rig.set(1, setpoint).await;
+    rig.module(1, |m| m.setpoint_v == 420.0 && m.setpoint_a == 12.5)
+        .await;
+    assert_eq!(rig.output(1).await, (420.0, 0.0));
 }
 
 #[tokio::test(start_paused = true)]

@@ -162,9 +162,10 @@ pub fn config(dir: &Path) -> PathBuf {
 }
 
 /// A DC station: `evses` DC EVSEs sharing a pool of `modules` simulated
-/// InfyPower modules (30 kW, 100 A each; the pool may draw 30 kW per
-/// module), an AcuDC 240 meter each.
-pub fn dc_config(dir: &Path, evses: u32, modules: u8) -> PathBuf {
+/// modules speaking `protocol` (`"infypower"`, `"uugreen"`; 30 kW, 100 A
+/// each, addresses 1..=`modules`; the pool may draw 30 kW per module), an
+/// AcuDC 240 meter each.
+pub fn dc_config(dir: &Path, protocol: &str, evses: u32, modules: u8) -> PathBuf {
     let path = dir.join("evos.toml");
     let mut text =
         format!("[sim]\ntime_scale = {TIME_SCALE:?}\n\n[evse]\nallow_list = [\"{TOKEN}\"]\n");
@@ -176,7 +177,7 @@ pub fn dc_config(dir: &Path, evses: u32, modules: u8) -> PathBuf {
     }
     let pool: Vec<String> = (1..=modules).map(|a| a.to_string()).collect();
     text += &format!(
-        "\n[power]\nprotocol = \"infypower\"\ncan = \"sim:{}\"\nramp_a_per_s = 2000\ncontrol_interval_ms = 50\n\
+        "\n[power]\nprotocol = \"{protocol}\"\ncan = \"sim:{}\"\nramp_a_per_s = 2000\ncontrol_interval_ms = 50\n\
          pool_max_power_w = {}\npool = [{}]\n",
         dir.join("can.sock").display(),
         30_000 * u32::from(modules),
@@ -210,9 +211,9 @@ impl Stack {
     }
 
     /// A DC station (see [`dc_config`]), with the power service.
-    pub async fn start_dc(evses: u32, modules: u8) -> Stack {
+    pub async fn start_dc(protocol: &str, evses: u32, modules: u8) -> Stack {
         let dir = tempfile::tempdir().unwrap();
-        dc_config(dir.path(), evses, modules);
+        dc_config(dir.path(), protocol, evses, modules);
         Self::start_in(dir, true).await
     }
 

@@ -306,8 +306,8 @@ impl Controller {
             step.commands.push((
                 target,
                 Command::SetOutput {
-                    voltage_v,
-                    current_a,
+                    voltage_v: Some(voltage_v),
+                    current_a: Some(current_a),
                 },
             ));
             step.commands.push((target, Command::SetOn(on)));
@@ -419,7 +419,7 @@ mod tests {
     /// Every module answers once: online.
     fn online(c: &mut Controller, now: Instant) {
         for a in 1..=4 {
-            c.on_reply(a, Reply::Ack, now);
+            c.on_reply(a, Reply::Ack(Command::SetOn(false)), now);
         }
     }
 
@@ -428,7 +428,13 @@ mod tests {
         step.commands
             .iter()
             .filter_map(|(t, c)| match (t, c) {
-                (Target::Module(a), Command::SetOutput { current_a, .. }) => Some((*a, *current_a)),
+                (
+                    Target::Module(a),
+                    Command::SetOutput {
+                        current_a: Some(current_a),
+                        ..
+                    },
+                ) => Some((*a, *current_a)),
                 _ => None,
             })
             .collect()
@@ -560,6 +566,72 @@ mod tests {
             snap.fault
         );
         assert!(snap.faults.contains(&"module 2: not answering".to_owned()));
+    }
+
+    #[test]
+    fn setpoints_always_carry_voltage_and_current() {
+        let t0 = Instant::now();
+        let mut c = Controller::new(&config(), TIMEOUT);
+        online(&mut c, t0);
+        c.set_target(1, 400.0, 100.0).unwrap();
+        c.set_enabled(1, true).unwrap();
+        let mut setpoints = 0;
+        for s in 0..3 {
+            for (_, command) in c.step(t0 + Duration::from_secs(s)).commands {
+                if let Command::SetOutput {
+                    voltage_v,
+                    current_a,
+                } = command
+                {
+                    assert!(voltage_v.is_some() && current_a.is_some(), "{command:?}");
+                    setpoints += 1;
+                }
+            }
+        }
+        assert!(setpoints >= 4, "{setpoints}");
+    }
+
+    #[test]
+    fn voltage_and_current_read_one_frame_each_both_show() {
+        // A register protocol (UUGreen) answers an output read with the
+        // voltage and the current in a reply each.
+        let t0 = Instant::now();
+        let mut c = Controller::new(&config(), TIMEOUT);
+        online(&mut c, t0);
+        c.set_target(1, 400.0, 100.0).unwrap();
+        c.set_enabled(1, true).unwrap();
+        c.step(t0);
+        for a in 1..=4 {
+            c.on_reply(
+                a,
+                Reply::Output {
+                    voltage_v: Some(400.0),
+                    current_a: None,
+                },
+                t0,
+            );
+            c.on_reply(
+                a,
+                Reply::Output {
+                    voltage_v: None,
+                    current_a: Some(25.0),
+                },
+                t0,
+            );
+        }
+        let snap = c.snapshot(1, t0);
+        assert_eq!((snap.voltage_v, snap.current_a), (400.0, 100.0));
+        // A later voltage alone keeps the current.
+        c.on_reply(
+            1,
+            Reply::Output {
+                voltage_v: Some(404.0),
+                current_a: None,
+            },
+            t0,
+        );
+        let snap = c.snapshot(1, t0);
+        assert_eq!((snap.voltage_v, snap.current_a), (401.0, 100.0));
     }
 
     #[test]

@@ -68,12 +68,18 @@ impl Module {
         }
         self.last_heard = Some(now);
         match reply {
+            // A register protocol answers voltage and current in a frame
+            // each: whichever is present.
             Reply::Output {
                 voltage_v,
                 current_a,
             } => {
-                self.voltage_v = voltage_v;
-                self.current_a = current_a;
+                if let Some(voltage_v) = voltage_v {
+                    self.voltage_v = voltage_v;
+                }
+                if let Some(current_a) = current_a {
+                    self.current_a = current_a;
+                }
             }
             Reply::Status(status) => {
                 if status.faults != self.status.faults {
@@ -94,7 +100,7 @@ impl Module {
                     max_power_w,
                 };
             }
-            Reply::Ack => {}
+            Reply::Ack(_) => {}
         }
         events
     }
@@ -140,6 +146,7 @@ impl Module {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Command;
 
     const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -157,8 +164,9 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Module::new(1, ratings());
         assert!(!m.online(t0, TIMEOUT));
-        assert_eq!(m.heard(Reply::Ack, t0, TIMEOUT), [ModuleEvent::Online]);
-        assert_eq!(m.heard(Reply::Ack, t0, TIMEOUT), []);
+        let ack = Reply::Ack(Command::SetOn(false));
+        assert_eq!(m.heard(ack.clone(), t0, TIMEOUT), [ModuleEvent::Online]);
+        assert_eq!(m.heard(ack, t0, TIMEOUT), []);
         assert_eq!(
             m.check(t0 + TIMEOUT, TIMEOUT),
             None,
@@ -207,13 +215,32 @@ mod tests {
         let mut m = Module::new(1, ratings());
         m.heard(
             Reply::Output {
-                voltage_v: 400.0,
-                current_a: 12.5,
+                voltage_v: Some(400.0),
+                current_a: Some(12.5),
             },
             t0,
             TIMEOUT,
         );
         assert_eq!((m.voltage_v, m.current_a), (400.0, 12.5));
+        // One value per frame (UUGreen): the other stays.
+        m.heard(
+            Reply::Output {
+                voltage_v: None,
+                current_a: Some(20.0),
+            },
+            t0,
+            TIMEOUT,
+        );
+        assert_eq!((m.voltage_v, m.current_a), (400.0, 20.0));
+        m.heard(
+            Reply::Output {
+                voltage_v: Some(398.5),
+                current_a: None,
+            },
+            t0,
+            TIMEOUT,
+        );
+        assert_eq!((m.voltage_v, m.current_a), (398.5, 20.0));
         m.heard(
             Reply::Capabilities {
                 min_voltage_v: 200.0,

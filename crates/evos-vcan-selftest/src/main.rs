@@ -29,7 +29,8 @@
 //! [`PROTOCOLS`]) talk over the same driver: the controller's
 //! `encode_command` frames, read by the emulated module with
 //! `decode_command` and answered with `encode_reply`, read back with
-//! `decode_reply`. A codec is added by adding its name there.
+//! `decode_reply` (where a command or its answer spans several frames, each
+//! frame as its part). A codec is added by adding its name there.
 //!
 //! Output: detail lines, then exactly one result line,
 //! `VCAN-SELFTEST PASS frames=1000 … p50_us=… p99_us=…` or
@@ -322,15 +323,23 @@ fn raw_exchange(name: &str, first: usize, count: usize, window: usize) -> Exchan
 // Power-module protocols: the codecs of `evos_power::protocol` over the real
 // driver. The controller sends `encode_command` frames; the emulated module
 // reads each with `decode_command` (it must read back the command that was
-// encoded) and answers with `encode_reply`; the controller checks the answer
+// encoded: where one command is several frames, each frame its part of it)
+// and answers with `encode_reply`; the controller checks the answer
 // byte-exact and that `decode_reply` reads it as the module's reply.
+//
+// A module acknowledges each frame of a setting at once with `Reply::Ack`
+// of that frame's part; it answers a read once, after the read's last
+// frame (the trait does not say which half of a register protocol's output
+// read a frame asks for).
 
-/// The codecs exchanged. Another joins once it encodes every [`Command`]
-/// and its module side answers each command frame as `ModuleProtocol`
-/// describes. Not uugreen yet (being written): it has no frame for
-/// `ReadCapabilities`, and its `SetOutput` and `ReadOutput` span several
-/// frames, each answered on its own.
-const PROTOCOLS: &[&str] = &["infypower"];
+/// The codecs exchanged, each with the commands it has no frames for
+/// (which must encode to none). A codec joins once its module side answers
+/// each command as `ModuleProtocol` describes.
+const PROTOCOLS: &[(&str, &[Command])] = &[
+    ("infypower", &[]),
+    // No ratings message.
+    ("uugreen", &[Command::ReadCapabilities]),
+];
 /// The emulated module's address.
 const MODULE_ADDRESS: u8 = 3;
 
@@ -339,8 +348,8 @@ const MODULE_ADDRESS: u8 = 3;
 fn module_reply(command: &Command) -> Reply {
     match command {
         Command::ReadOutput => Reply::Output {
-            voltage_v: 750.0,
-            current_a: 40.0,
+            voltage_v: Some(750.0),
+            current_a: Some(40.0),
         },
         Command::ReadStatus => Reply::Status(ModuleStatus {
             on: true,
@@ -352,25 +361,102 @@ fn module_reply(command: &Command) -> Reply {
             max_current_a: 100.0,
             max_power_w: 30_000.0,
         },
-        Command::SetOutput { .. } | Command::SetOn(_) => Reply::Ack,
+        Command::SetOutput { .. } | Command::SetOn(_) => Reply::Ack(*command),
+    }
+}
+
+fn is_setting(command: &Command) -> bool {
+    matches!(command, Command::SetOutput { .. } | Command::SetOn(_))
+}
+
+/// The one of two halves that is there; `None` when both are.
+fn one_of(a: Option<f64>, b: Option<f64>) -> Option<Option<f64>> {
+    match (a, b) {
+        (Some(_), Some(_)) => None,
+        (x, None) | (None, x) => Some(x),
+    }
+}
+
+/// Two frames' parts of one command as one: the halves of a setpoint, or
+/// the same read twice. `None` when they do not fit (a value twice).
+fn merge_commands(a: Command, b: Command) -> Option<Command> {
+    match (a, b) {
+        (
+            Command::SetOutput {
+                voltage_v: v1,
+                current_a: i1,
+            },
+            Command::SetOutput {
+                voltage_v: v2,
+                current_a: i2,
+            },
+        ) => Some(Command::SetOutput {
+            voltage_v: one_of(v1, v2)?,
+            current_a: one_of(i1, i2)?,
+        }),
+        (a, b) if a == b => Some(a),
+        _ => None,
+    }
+}
+
+/// Two frames' parts of one answer as one: the halves of an output
+/// reading or of a setpoint's echo.
+fn merge_replies(a: Reply, b: Reply) -> Option<Reply> {
+    match (a, b) {
+        (
+            Reply::Output {
+                voltage_v: v1,
+                current_a: i1,
+            },
+            Reply::Output {
+                voltage_v: v2,
+                current_a: i2,
+            },
+        ) => Some(Reply::Output {
+            voltage_v: one_of(v1, v2)?,
+            current_a: one_of(i1, i2)?,
+        }),
+        (Reply::Ack(a), Reply::Ack(b)) => merge_commands(a, b).map(Reply::Ack),
+        _ => None,
+    }
+}
+
+/// Whether `part` (what one frame reads as) belongs to `command`.
+fn is_part_of(part: &Command, command: &Command) -> bool {
+    match (part, command) {
+        (
+            Command::SetOutput {
+                voltage_v: v,
+                current_a: i,
+            },
+            Command::SetOutput {
+                voltage_v: v2,
+                current_a: i2,
+            },
+        ) => v.is_none_or(|v| Some(v) == *v2) && i.is_none_or(|i| Some(i) == *i2),
+        _ => part == command,
     }
 }
 
 fn protocol_exchanges() -> Result<Vec<Exchange>, String> {
     PROTOCOLS
         .iter()
-        .map(|name| protocol_exchange(name))
+        .map(|(name, frameless)| protocol_exchange(name, frameless))
         .collect()
 }
 
-fn protocol_exchange(name: &'static str) -> Result<Exchange, String> {
+/// What the module expects of one frame: whose it is, the command it is
+/// (part of), and whether it is that command's last frame.
+type Expected = (Target, Command, bool);
+
+fn protocol_exchange(name: &'static str, frameless: &[Command]) -> Result<Exchange, String> {
     let codec = || protocol::by_name(name).ok_or_else(|| format!("no protocol {name}"));
     let controller = codec()?;
     let target = Target::Module(MODULE_ADDRESS);
     let commands = [
         Command::SetOutput {
-            voltage_v: 750.0,
-            current_a: 40.0,
+            voltage_v: Some(750.0),
+            current_a: Some(40.0),
         },
         Command::SetOn(true),
         Command::ReadOutput,
@@ -379,34 +465,67 @@ fn protocol_exchange(name: &'static str) -> Result<Exchange, String> {
         Command::SetOn(false),
     ];
     // What the module must read from each frame, in order.
-    let sent = Arc::new(Mutex::new(VecDeque::new()));
+    let sent: Arc<Mutex<VecDeque<Expected>>> = Arc::new(Mutex::new(VecDeque::new()));
     let mut steps = Vec::new();
     for command in commands {
         let request = controller.encode_command(target, &command);
+        if frameless.contains(&command) {
+            if !request.is_empty() {
+                return Err(format!(
+                    "{name}: encode_command({command:?}) gives {} frames; none expected",
+                    request.len()
+                ));
+            }
+            continue;
+        }
         if request.is_empty() {
             return Err(format!(
                 "{name}: encode_command({command:?}) gives no frames"
             ));
         }
+        for k in 0..request.len() {
+            sent.lock()
+                .unwrap()
+                .push_back((target, command, k + 1 == request.len()));
+        }
+        // A setting's echoes, frame by frame, make the echo of the whole.
         let reply = module_reply(&command);
-        let mut expect = Vec::new();
-        for _ in &request {
-            sent.lock().unwrap().push_back((target, command));
-            expect.extend(controller.encode_reply(MODULE_ADDRESS, &reply));
+        let expect = controller.encode_reply(MODULE_ADDRESS, &reply);
+        if expect.is_empty() {
+            return Err(format!("{name}: encode_reply({reply:?}) gives no frames"));
         }
         let decoder = codec()?;
         let check: ReplyCheck = Box::new(move |frames| {
+            let mut whole: Option<Reply> = None;
             for frame in frames {
-                match decoder.decode_reply(frame) {
-                    Some(Ok((MODULE_ADDRESS, got))) if got == reply => {}
+                let part = match decoder.decode_reply(frame) {
+                    Some(Ok((MODULE_ADDRESS, part))) => part,
                     other => {
                         return Err(format!(
                             "{name} {command:?}: the answer {} decodes as {other:?}, \
-                             not module {MODULE_ADDRESS}'s {reply:?}",
+                             not from module {MODULE_ADDRESS}",
                             show(frame)
                         ));
                     }
-                }
+                };
+                whole = match whole {
+                    None => Some(part),
+                    Some(so_far) => {
+                        Some(merge_replies(so_far.clone(), part.clone()).ok_or_else(|| {
+                            format!(
+                                "{name} {command:?}: the answer {} ({part:?}) does not \
+                                 belong with {so_far:?}",
+                                show(frame)
+                            )
+                        })?)
+                    }
+                };
+            }
+            if whole.as_ref() != Some(&reply) {
+                return Err(format!(
+                    "{name} {command:?}: the answers decode as {whole:?}, not module \
+                     {MODULE_ADDRESS}'s {reply:?}"
+                ));
             }
             Ok(())
         });
@@ -417,22 +536,57 @@ fn protocol_exchange(name: &'static str) -> Result<Exchange, String> {
         });
     }
     let module = codec()?;
+    // The parts of the command being read so far.
+    let mut parts: Option<Command> = None;
     let responder: Responder = Box::new(move |frame| {
         let expected = sent.lock().unwrap().pop_front();
-        match (module.decode_command(frame), expected) {
-            (Some(Ok(got)), Some(expected)) if got == expected => {
-                Ok(module.encode_reply(MODULE_ADDRESS, &module_reply(&got.1)))
+        let part = match (module.decode_command(frame), expected) {
+            (Some(Ok((target, part))), Some((to, command, _)))
+                if target == to && is_part_of(&part, &command) =>
+            {
+                part
             }
-            (Some(Ok(got)), expected) => Err(format!(
-                "{name} module: {} reads as {got:?}; the controller sent {expected:?}",
-                show(frame)
-            )),
-            (Some(Err(e)), _) => Err(format!("{name} module: {e}")),
-            (None, _) => Err(format!(
-                "{name} module: {} is not a command to it",
-                show(frame)
-            )),
+            (Some(Ok(got)), expected) => {
+                return Err(format!(
+                    "{name} module: {} reads as {got:?}; the controller sent {:?}",
+                    show(frame),
+                    expected.map(|(to, command, _)| (to, command))
+                ));
+            }
+            (Some(Err(e)), _) => return Err(format!("{name} module: {e}")),
+            (None, _) => {
+                return Err(format!(
+                    "{name} module: {} is not a command to it",
+                    show(frame)
+                ));
+            }
+        };
+        let (_, command, last) = expected.expect("matched above");
+        let so_far = match parts.take() {
+            None => part,
+            Some(so_far) => merge_commands(so_far, part).ok_or_else(|| {
+                format!(
+                    "{name} module: {} reads as {part:?}, which {so_far:?} already had",
+                    show(frame)
+                )
+            })?,
+        };
+        if last {
+            if so_far != command {
+                return Err(format!(
+                    "{name} module: the frames of {command:?} read as {so_far:?}"
+                ));
+            }
+        } else {
+            parts = Some(so_far);
         }
+        Ok(if is_setting(&part) {
+            module.encode_reply(MODULE_ADDRESS, &Reply::Ack(part))
+        } else if last {
+            module.encode_reply(MODULE_ADDRESS, &module_reply(&command))
+        } else {
+            Vec::new()
+        })
     });
     Ok(Exchange {
         name: name.into(),
@@ -834,11 +988,97 @@ mod tests {
 
     #[test]
     fn a_module_that_misreads_a_command_fails_the_exchange() {
-        let mut exchange = protocol_exchange(PROTOCOLS[0]).unwrap();
-        // The second command's frame where the first's was expected.
-        let second = exchange.steps[1].request[0];
-        let err = (exchange.responder)(&second).unwrap_err();
-        assert!(err.contains("the controller sent"), "{err}");
+        for (name, frameless) in PROTOCOLS {
+            let mut exchange = protocol_exchange(name, frameless).unwrap();
+            // The second command's frame where the first's was expected.
+            let second = exchange.steps[1].request[0];
+            let err = (exchange.responder)(&second).unwrap_err();
+            assert!(err.contains("the controller sent"), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_module_that_hears_half_a_setpoint_twice_fails_the_exchange() {
+        let (name, frameless) = PROTOCOLS[1];
+        assert_eq!(name, "uugreen");
+        let mut exchange = protocol_exchange(name, frameless).unwrap();
+        // The voltage setpoint twice: the second is not the current limit.
+        let voltage = exchange.steps[0].request[0];
+        assert_eq!((exchange.responder)(&voltage).unwrap().len(), 1);
+        let err = (exchange.responder)(&voltage).unwrap_err();
+        assert!(err.contains("already had"), "{err}");
+    }
+
+    #[test]
+    fn uugreen_commands_span_frames_and_reads_are_answered_once() {
+        let (name, frameless) = PROTOCOLS[1];
+        let exchange = protocol_exchange(name, frameless).unwrap();
+        // SetOutput, SetOn(true), ReadOutput, ReadStatus, SetOn(false): no
+        // ratings message.
+        let shape: Vec<(usize, usize)> = exchange
+            .steps
+            .iter()
+            .map(|s| (s.request.len(), s.expect.len()))
+            .collect();
+        assert_eq!(shape, [(2, 2), (1, 1), (2, 2), (1, 1), (1, 1)]);
+        let (name, frameless) = PROTOCOLS[0];
+        assert_eq!(name, "infypower");
+        let exchange = protocol_exchange(name, frameless).unwrap();
+        assert_eq!(exchange.steps.len(), 6, "every command, a frame each");
+        assert!(
+            exchange
+                .steps
+                .iter()
+                .all(|s| s.request.len() == 1 && s.expect.len() == 1)
+        );
+    }
+
+    #[test]
+    fn merging_parts() {
+        let half = |v: Option<f64>, i: Option<f64>| Command::SetOutput {
+            voltage_v: v,
+            current_a: i,
+        };
+        assert_eq!(
+            merge_commands(half(Some(1.0), None), half(None, Some(2.0))),
+            Some(half(Some(1.0), Some(2.0)))
+        );
+        assert_eq!(
+            merge_commands(half(Some(1.0), None), half(Some(1.0), None)),
+            None
+        );
+        assert_eq!(
+            merge_commands(Command::ReadOutput, Command::ReadOutput),
+            Some(Command::ReadOutput)
+        );
+        assert_eq!(
+            merge_commands(Command::ReadOutput, Command::ReadStatus),
+            None
+        );
+        assert!(is_part_of(
+            &half(None, Some(2.0)),
+            &half(Some(1.0), Some(2.0))
+        ));
+        assert!(!is_part_of(
+            &half(None, Some(3.0)),
+            &half(Some(1.0), Some(2.0))
+        ));
+        assert_eq!(
+            merge_replies(
+                Reply::Output {
+                    voltage_v: None,
+                    current_a: Some(2.0)
+                },
+                Reply::Output {
+                    voltage_v: Some(1.0),
+                    current_a: None
+                }
+            ),
+            Some(Reply::Output {
+                voltage_v: Some(1.0),
+                current_a: Some(2.0)
+            })
+        );
     }
 
     #[test]

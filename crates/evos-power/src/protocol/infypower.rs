@@ -125,13 +125,22 @@
 //! B says the same: "more than 10s … communication fault alarm and turn
 //! off automatically", with a 50–200 ms command interval) — 10 s (2).
 //!
+//! # Mapping onto [`ModuleProtocol`]
+//!
+//! - [`Reply::Ack`] of a setting is its echo: `Ack(SetOn(on))` the 0x1A
+//!   frame, `Ack(SetOutput { .. })` the 0x1C frame with the setpoint taken;
+//!   a 0x1A or 0x1C answer decodes back to `Ack` of the setting it echoes.
+//! - 0x1C and the 0x03 answer carry voltage and current together: a
+//!   [`Command::SetOutput`] or [`Reply::Output`] missing either value
+//!   encodes to no frames (and a warning).
+//! - [`InfyPower::encode_reply_to`] answers a [`Target::Group`] command
+//!   with device 0x0B; [`InfyPower::encode_reply`] always with 0x0A. The
+//!   controller's [`InfyPower::decode_reply`] takes both.
+//!
 //! # Limits of this mapping
 //!
-//! - [`Reply::Ack`] does not say which command it acknowledges; it is
-//!   encoded as a 0x1C echo with a zero setpoint ([`InfyPower::encode_ack`]
-//!   gives the faithful echo). Any 0x1A or 0x1C answer decodes as `Ack`.
-//! - [`InfyPower::encode_reply`] does not know the module's group: a status
-//!   answer carries group 0 in byte 2, which the controller ignores.
+//! - The module side does not know the module's group: a status answer
+//!   carries group 0 in byte 2, which the controller ignores.
 //! - An answer with a non-zero error code (0x02, 0x03, 0x07) decodes as
 //!   [`DecodeError::Malformed`] naming the code.
 
@@ -402,6 +411,26 @@ fn on_off_data(on: bool) -> [u8; 8] {
     [if on { ON } else { OFF }, 0, 0, 0, 0, 0, 0, 0]
 }
 
+/// The setting a 0x1A or 0x1C frame carries (a command, or a module's echo
+/// of it).
+fn setting_of(frame: &CanFrame, command: u8, data: &[u8; 8]) -> Result<Command, DecodeError> {
+    if command == CMD_SET_ON_OFF {
+        return match data[0] {
+            ON => Ok(Command::SetOn(true)),
+            OFF => Ok(Command::SetOn(false)),
+            other => Err(malformed(
+                frame,
+                format!("on/off byte {other:#04x}; 0x00 is on, 0x01 off"),
+            )),
+        };
+    }
+    let (millivolt, milliampere) = split_u32(data);
+    Ok(Command::SetOutput {
+        voltage_v: Some(f64::from(millivolt) / 1000.0),
+        current_a: Some(f64::from(milliampere) / 1000.0),
+    })
+}
+
 impl InfyPower {
     /// The identifier fields addressing `target`, or `None` when the target
     /// cannot exist on this protocol (a module address or group number over
@@ -417,32 +446,92 @@ impl InfyPower {
         }
     }
 
-    fn reply_frame(address: u8, command: u8, data: [u8; 8]) -> Vec<CanFrame> {
+    /// Command number and data of a set command's frame (also its echo);
+    /// `None` for a read, or for a setpoint missing a value (0x1C carries
+    /// both).
+    fn setting(command: &Command) -> Option<(u8, [u8; 8])> {
+        match *command {
+            Command::SetOutput {
+                voltage_v: Some(voltage_v),
+                current_a: Some(current_a),
+            } => Some((CMD_SET_OUTPUT, setpoint_data(voltage_v, current_a))),
+            Command::SetOutput { .. } => {
+                tracing::warn!(
+                    "InfyPower: {command:?} lacks a value; 0x1C carries voltage and current \
+                     together: not sent"
+                );
+                None
+            }
+            Command::SetOn(on) => Some((CMD_SET_ON_OFF, on_off_data(on))),
+            Command::ReadOutput | Command::ReadStatus | Command::ReadCapabilities => None,
+        }
+    }
+
+    /// Command number and data of the answer `reply`; `None` when it has
+    /// no frame (an `Ack` of a read, an output missing a value).
+    fn answer(reply: &Reply) -> Option<(u8, [u8; 8])> {
+        match reply {
+            Reply::Output {
+                voltage_v: Some(voltage_v),
+                current_a: Some(current_a),
+            } => Some((
+                CMD_READ_OUTPUT,
+                join_u32((*voltage_v as f32).to_bits(), (*current_a as f32).to_bits()),
+            )),
+            Reply::Output { .. } => {
+                tracing::warn!(
+                    "InfyPower: {reply:?} lacks a value; 0x03 carries voltage and current \
+                     together: not sent"
+                );
+                None
+            }
+            Reply::Status(status) => {
+                let raw = raw_from_status(status).to_be_bytes();
+                // Byte 2 would be the module's group, which this side does
+                // not know.
+                Some((
+                    CMD_READ_STATUS,
+                    [0, 0, 0, 0, raw[0], raw[1], raw[2], raw[3]],
+                ))
+            }
+            Reply::Capabilities {
+                min_voltage_v,
+                max_voltage_v,
+                max_current_a,
+                max_power_w,
+            } => {
+                let mut data = [0u8; 8];
+                data[0..2].copy_from_slice(&to_u16_units(*max_voltage_v, 1.0).to_be_bytes());
+                data[2..4].copy_from_slice(&to_u16_units(*min_voltage_v, 1.0).to_be_bytes());
+                data[4..6].copy_from_slice(&to_u16_units(*max_current_a, 10.0).to_be_bytes());
+                data[6..8].copy_from_slice(&to_u16_units(*max_power_w, 0.1).to_be_bytes());
+                Some((CMD_READ_RATINGS, data))
+            }
+            // The echo of the setting; a read is answered, not acknowledged.
+            Reply::Ack(command) => match command {
+                Command::SetOutput { .. } | Command::SetOn(_) => Self::setting(command),
+                Command::ReadOutput | Command::ReadStatus | Command::ReadCapabilities => None,
+            },
+        }
+    }
+
+    /// Module `address`'s answer, with `device` 0x0A, or 0x0B for a
+    /// command it got through its group.
+    fn reply_frames(address: u8, reply: &Reply, device: u8) -> Vec<CanFrame> {
         if address > MAX_MODULE_ADDRESS {
             return Vec::new();
         }
+        let Some((command, data)) = Self::answer(reply) else {
+            return Vec::new();
+        };
         let id = Id {
             error: ERROR_NONE,
-            device: DEVICE_MODULE,
+            device,
             command,
             destination: CONTROLLER_ADDRESS,
             source: address,
         };
         frame(id, data)
-    }
-
-    /// Module side: the echo a module sends for a set command — what
-    /// [`ModuleProtocol::encode_reply`] cannot give for [`Reply::Ack`],
-    /// which does not say what it acknowledges. Nothing for a read.
-    pub fn encode_ack(&self, address: u8, command: &Command) -> Vec<CanFrame> {
-        match *command {
-            Command::SetOn(on) => Self::reply_frame(address, CMD_SET_ON_OFF, on_off_data(on)),
-            Command::SetOutput {
-                voltage_v,
-                current_a,
-            } => Self::reply_frame(address, CMD_SET_OUTPUT, setpoint_data(voltage_v, current_a)),
-            Command::ReadOutput | Command::ReadStatus | Command::ReadCapabilities => Vec::new(),
-        }
     }
 }
 
@@ -465,11 +554,10 @@ impl ModuleProtocol for InfyPower {
             return Vec::new();
         };
         let (command, data) = match *command {
-            Command::SetOutput {
-                voltage_v,
-                current_a,
-            } => (CMD_SET_OUTPUT, setpoint_data(voltage_v, current_a)),
-            Command::SetOn(on) => (CMD_SET_ON_OFF, on_off_data(on)),
+            Command::SetOutput { .. } | Command::SetOn(_) => match Self::setting(command) {
+                Some(setting) => setting,
+                None => return Vec::new(),
+            },
             Command::ReadOutput => (CMD_READ_OUTPUT, [0; 8]),
             Command::ReadStatus => (CMD_READ_STATUS, [0; 8]),
             Command::ReadCapabilities => (CMD_READ_RATINGS, [0; 8]),
@@ -519,8 +607,8 @@ impl ModuleProtocol for InfyPower {
                     )));
                 }
                 Reply::Output {
-                    voltage_v: f64::from(voltage),
-                    current_a: f64::from(current),
+                    voltage_v: Some(f64::from(voltage)),
+                    current_a: Some(f64::from(current)),
                 }
             }
             CMD_READ_STATUS => Reply::Status(status_from_raw(u32::from_be_bytes([
@@ -536,7 +624,10 @@ impl ModuleProtocol for InfyPower {
                 }
             }
             // CMD_SET_ON_OFF | CMD_SET_OUTPUT: the module echoes the setting.
-            _ => Reply::Ack,
+            command => match setting_of(frame, command, &data) {
+                Ok(setting) => Reply::Ack(setting),
+                Err(e) => return Some(Err(e)),
+            },
         };
         Some(Ok((address, reply)))
     }
@@ -563,62 +654,27 @@ impl ModuleProtocol for InfyPower {
             CMD_READ_OUTPUT => Command::ReadOutput,
             CMD_READ_STATUS => Command::ReadStatus,
             CMD_READ_RATINGS => Command::ReadCapabilities,
-            CMD_SET_ON_OFF => match data[0] {
-                ON => Command::SetOn(true),
-                OFF => Command::SetOn(false),
-                other => {
-                    return Some(Err(malformed(
-                        frame,
-                        format!("on/off byte {other:#04x}; 0x00 is on, 0x01 off"),
-                    )));
-                }
+            // CMD_SET_ON_OFF | CMD_SET_OUTPUT
+            command => match setting_of(frame, command, &data) {
+                Ok(setting) => setting,
+                Err(e) => return Some(Err(e)),
             },
-            // CMD_SET_OUTPUT
-            _ => {
-                let (millivolt, milliampere) = split_u32(&data);
-                Command::SetOutput {
-                    voltage_v: f64::from(millivolt) / 1000.0,
-                    current_a: f64::from(milliampere) / 1000.0,
-                }
-            }
         };
         Some(Ok((target, command)))
     }
 
     fn encode_reply(&self, address: u8, reply: &Reply) -> Vec<CanFrame> {
-        let (command, data) = match reply {
-            Reply::Output {
-                voltage_v,
-                current_a,
-            } => (
-                CMD_READ_OUTPUT,
-                join_u32((*voltage_v as f32).to_bits(), (*current_a as f32).to_bits()),
-            ),
-            Reply::Status(status) => {
-                let raw = raw_from_status(status).to_be_bytes();
-                // Byte 2 would be the module's group, which this side does
-                // not know.
-                (
-                    CMD_READ_STATUS,
-                    [0, 0, 0, 0, raw[0], raw[1], raw[2], raw[3]],
-                )
-            }
-            Reply::Capabilities {
-                min_voltage_v,
-                max_voltage_v,
-                max_current_a,
-                max_power_w,
-            } => {
-                let mut data = [0u8; 8];
-                data[0..2].copy_from_slice(&to_u16_units(*max_voltage_v, 1.0).to_be_bytes());
-                data[2..4].copy_from_slice(&to_u16_units(*min_voltage_v, 1.0).to_be_bytes());
-                data[4..6].copy_from_slice(&to_u16_units(*max_current_a, 10.0).to_be_bytes());
-                data[6..8].copy_from_slice(&to_u16_units(*max_power_w, 0.1).to_be_bytes());
-                (CMD_READ_RATINGS, data)
-            }
-            Reply::Ack => (CMD_SET_OUTPUT, [0; 8]),
+        Self::reply_frames(address, reply, DEVICE_MODULE)
+    }
+
+    /// A module asked through its group answers with device 0x0B (B, C),
+    /// otherwise as [`ModuleProtocol::encode_reply`].
+    fn encode_reply_to(&self, address: u8, reply: &Reply, target: Target) -> Vec<CanFrame> {
+        let device = match target {
+            Target::Group(_) => DEVICE_GROUP,
+            Target::Module(_) | Target::Broadcast => DEVICE_MODULE,
         };
-        Self::reply_frame(address, command, data)
+        Self::reply_frames(address, reply, device)
     }
 }
 

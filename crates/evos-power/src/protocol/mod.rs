@@ -27,7 +27,16 @@ pub enum Target {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Command {
     /// Output setpoint: voltage (V) and current limit (A) of one module.
-    SetOutput { voltage_v: f64, current_a: f64 },
+    ///
+    /// The controller always sends both. Either may be missing on the
+    /// module side, where a register protocol (UUGreen) carries each in a
+    /// frame of its own: that frame decodes as the one value it sets. A
+    /// codec whose protocol needs both in one frame (InfyPower 0x1C)
+    /// encodes nothing for a setpoint with one missing.
+    SetOutput {
+        voltage_v: Option<f64>,
+        current_a: Option<f64>,
+    },
     /// Switch the DC output on or off.
     SetOn(bool),
     /// Ask for the measured output voltage and current.
@@ -108,9 +117,13 @@ pub struct ModuleStatus {
 /// What a module says.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
+    /// Measured output voltage (V) and current (A). Either may be missing
+    /// where the protocol answers each in a frame of its own (UUGreen); a
+    /// codec whose answer carries both (InfyPower 0x03) encodes nothing
+    /// with one missing.
     Output {
-        voltage_v: f64,
-        current_a: f64,
+        voltage_v: Option<f64>,
+        current_a: Option<f64>,
     },
     Status(ModuleStatus),
     Capabilities {
@@ -119,8 +132,12 @@ pub enum Reply {
         max_current_a: f64,
         max_power_w: f64,
     },
-    /// A setpoint or on/off command was taken.
-    Ack,
+    /// The module took this setting ([`Command::SetOutput`] or
+    /// [`Command::SetOn`]), as its echo says: a codec encodes the vendor's
+    /// echo of it and decodes an echo back to the command echoed (for a
+    /// register protocol, one frame's part of it). Reads are answered, not
+    /// acknowledged: `Ack` of a read encodes to no frames.
+    Ack(Command),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -150,6 +167,14 @@ pub trait ModuleProtocol: Send + Sync {
     fn decode_command(&self, frame: &CanFrame) -> Option<Result<(Target, Command), DecodeError>>;
     /// Module side: the frames module `address` answers with.
     fn encode_reply(&self, address: u8, reply: &Reply) -> Vec<CanFrame>;
+    /// Module side: the frames module `address` answers a command to
+    /// `target` with, where the answer depends on how the module was
+    /// reached (InfyPower: device 0x0B for a group command). By default
+    /// the same as [`ModuleProtocol::encode_reply`].
+    fn encode_reply_to(&self, address: u8, reply: &Reply, target: Target) -> Vec<CanFrame> {
+        let _ = target;
+        self.encode_reply(address, reply)
+    }
 }
 
 /// The protocols this build knows, by config name.

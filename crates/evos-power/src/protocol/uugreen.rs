@@ -133,14 +133,21 @@
 //!
 //! UUGreen is a register protocol: voltage, current, setpoint and limit each
 //! travel in a frame of their own, so [`Command::SetOutput`] and
-//! [`Command::ReadOutput`] are two frames each. The trait's types cannot yet
-//! hold half of a pair, so for now:
+//! [`Command::ReadOutput`] are two frames each, and each frame decodes on
+//! its own:
 //!
-//! * a voltage or current reading (registers 0, 1) decodes to `None` in
-//!   [`UuGreen::decode_reply`], and a lone voltage setpoint or current limit
-//!   (registers 2, 3) to `None` in [`UuGreen::decode_command`];
-//! * [`Reply::Ack`] does not say which register it acknowledges, so
-//!   [`UuGreen::encode_reply`] sends nothing for it;
+//! * a voltage setpoint or current limit (registers 2, 3) decodes as a
+//!   [`Command::SetOutput`] with that one value, and a [`Command::SetOutput`]
+//!   is one set-data frame per value it holds;
+//! * a voltage or current reading (registers 0, 1) decodes as a
+//!   [`Reply::Output`] with that one value, and a [`Reply::Output`] is one
+//!   read-data response per value it holds;
+//! * [`Reply::Ack`] of a setting is the set-data response echoing register
+//!   and value, one per register (two for a [`Command::SetOutput`] with both
+//!   values); an echo decodes as `Ack` of the one register's setting;
+//! * a read of either output register decodes as [`Command::ReadOutput`]:
+//!   the trait does not say which half was asked, so a module side that
+//!   answers register by register looks at the frame ([`Packet`]);
 //! * the protocol has no ratings message (register 104 is the current
 //!   available now, not a rating), so [`Command::ReadCapabilities`] and
 //!   [`Reply::Capabilities`] encode to no frames.
@@ -574,6 +581,49 @@ fn on_from(packet: &Packet) -> Result<bool, DecodeError> {
     }
 }
 
+/// The registers and values a setting writes, in order: voltage setpoint,
+/// current limit (each if present), or on/off. None for a read.
+fn settings(command: &Command) -> Vec<(u8, u32)> {
+    match *command {
+        Command::SetOutput {
+            voltage_v,
+            current_a,
+        } => [
+            voltage_v.map(|v| (register::VOUT_REFERENCE, to_milli(v))),
+            current_a.map(|a| (register::IOUT_LIMIT, to_milli(a))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        Command::SetOn(on) => vec![(
+            register::SHUTDOWN_DCDC,
+            if on { OUTPUT_ON } else { OUTPUT_OFF },
+        )],
+        Command::ReadOutput | Command::ReadStatus | Command::ReadCapabilities => Vec::new(),
+    }
+}
+
+/// The setting a set-data frame (or its response) carries: `None` for a
+/// register this side does not set, an error for an on/off value that is
+/// neither.
+fn setting_of(packet: &Packet) -> Option<Result<Command, DecodeError>> {
+    Some(Ok(match packet.register {
+        register::VOUT_REFERENCE => Command::SetOutput {
+            voltage_v: Some(from_milli(packet.value)),
+            current_a: None,
+        },
+        register::IOUT_LIMIT => Command::SetOutput {
+            voltage_v: None,
+            current_a: Some(from_milli(packet.value)),
+        },
+        register::SHUTDOWN_DCDC => match on_from(packet) {
+            Ok(on) => Command::SetOn(on),
+            Err(e) => return Some(Err(e)),
+        },
+        _ => return None,
+    }))
+}
+
 pub struct UuGreen;
 
 impl ModuleProtocol for UuGreen {
@@ -597,32 +647,27 @@ impl ModuleProtocol for UuGreen {
         let Some((module, group)) = addressing(target) else {
             return Vec::new();
         };
-        let messages: &[(MessageType, u8, u32)] = match *command {
-            Command::SetOutput {
-                voltage_v,
-                current_a,
-            } => &[
-                (SetData, register::VOUT_REFERENCE, to_milli(voltage_v)),
-                (SetData, register::IOUT_LIMIT, to_milli(current_a)),
-            ],
-            Command::SetOn(on) => &[(
-                SetData,
-                register::SHUTDOWN_DCDC,
-                if on { OUTPUT_ON } else { OUTPUT_OFF },
-            )],
-            Command::ReadOutput => &[(ReadData, register::VOUT, 0), (ReadData, register::IOUT, 0)],
-            Command::ReadStatus => &[(ReadData, register::MODULE_STATUS, 0)],
-            Command::ReadCapabilities => &[],
+        let messages: Vec<(MessageType, u8, u32)> = match *command {
+            Command::SetOutput { .. } | Command::SetOn(_) => settings(command)
+                .into_iter()
+                .map(|(reg, value)| (SetData, reg, value))
+                .collect(),
+            Command::ReadOutput => {
+                vec![(ReadData, register::VOUT, 0), (ReadData, register::IOUT, 0)]
+            }
+            Command::ReadStatus => vec![(ReadData, register::MODULE_STATUS, 0)],
+            Command::ReadCapabilities => Vec::new(),
         };
         messages
-            .iter()
-            .map(|&(kind, reg, value)| Packet::new(module, group, kind, reg, value).to_frame())
+            .into_iter()
+            .map(|(kind, reg, value)| Packet::new(module, group, kind, reg, value).to_frame())
             .collect()
     }
 
-    /// Replies to monitor 1 (or 0). A set-data response is an
-    /// [`Reply::Ack`]; a read-data response of the status word a
-    /// [`Reply::Status`]; other registers `None` for now.
+    /// Replies to monitor 1 (or 0). A set-data response of register 2, 3
+    /// or 4 is a [`Reply::Ack`] of that register's setting; a read-data
+    /// response of register 0 or 1 a [`Reply::Output`] with that one value,
+    /// of the status word a [`Reply::Status`]; other registers `None`.
     fn decode_reply(&self, frame: &CanFrame) -> Option<Result<(u8, Reply), DecodeError>> {
         // The identifier first: other protocols' frames can share bits 28..25.
         if !matches!(monitor_of(frame), Some(0 | MONITOR)) {
@@ -642,22 +687,29 @@ impl ModuleProtocol for UuGreen {
             return malformed(&packet, "a reply from module address 0".into());
         }
         let reply = match (packet.kind, packet.register) {
-            (MessageType::SetDataResponse, register::SHUTDOWN_DCDC) => match on_from(&packet) {
-                Ok(_) => Reply::Ack,
+            (MessageType::SetDataResponse, _) => match setting_of(&packet)? {
+                Ok(command) => Reply::Ack(command),
                 Err(e) => return Some(Err(e)),
             },
-            (MessageType::SetDataResponse, _) => Reply::Ack,
+            (MessageType::ReadDataResponse, register::VOUT) => Reply::Output {
+                voltage_v: Some(from_milli(packet.value)),
+                current_a: None,
+            },
+            (MessageType::ReadDataResponse, register::IOUT) => Reply::Output {
+                voltage_v: None,
+                current_a: Some(from_milli(packet.value)),
+            },
             (MessageType::ReadDataResponse, register::MODULE_STATUS) => {
                 Reply::Status(status_from_word(packet.value))
             }
-            // Vout and Iout arrive one per frame; `Reply::Output` needs both.
             _ => return None,
         };
         Some(Ok((packet.module, reply)))
     }
 
     /// Commands from monitor 1 (identifier bits 13..0 zero). A voltage
-    /// setpoint or current limit alone is `None` for now.
+    /// setpoint or current limit is a [`Command::SetOutput`] with that one
+    /// value; a read of either output register [`Command::ReadOutput`].
     fn decode_command(&self, frame: &CanFrame) -> Option<Result<(Target, Command), DecodeError>> {
         // The identifier first: other protocols' frames can share bits 28..25.
         if monitor_of(frame) != Some(MONITOR) || frame.id() & 0x3FFF != 0 {
@@ -668,8 +720,8 @@ impl ModuleProtocol for UuGreen {
             Err(e) => return Some(Err(e)),
         };
         let command = match (packet.kind, packet.register) {
-            (MessageType::SetData, register::SHUTDOWN_DCDC) => match on_from(&packet) {
-                Ok(on) => Command::SetOn(on),
+            (MessageType::SetData, _) => match setting_of(&packet)? {
+                Ok(command) => command,
                 Err(e) => return Some(Err(e)),
             },
             (MessageType::ReadData, register::VOUT | register::IOUT) => Command::ReadOutput,
@@ -679,27 +731,39 @@ impl ModuleProtocol for UuGreen {
         Some(Ok((target_of(&packet), command)))
     }
 
-    /// No frames for an address outside 1..=127, for [`Reply::Ack`] (which
-    /// register?) nor for [`Reply::Capabilities`].
+    /// No frames for an address outside 1..=127, for [`Reply::Capabilities`]
+    /// nor for an `Ack` of a read.
     fn encode_reply(&self, address: u8, reply: &Reply) -> Vec<CanFrame> {
-        use MessageType::ReadDataResponse;
+        use MessageType::{ReadDataResponse, SetDataResponse};
         if !(1..=MAX_MODULE).contains(&address) {
             return Vec::new();
         }
-        let messages = match reply {
+        let messages: Vec<(MessageType, u8, u32)> = match reply {
             Reply::Output {
                 voltage_v,
                 current_a,
-            } => vec![
-                (register::VOUT, to_milli(*voltage_v)),
-                (register::IOUT, to_milli(*current_a)),
-            ],
-            Reply::Status(status) => vec![(register::MODULE_STATUS, word_from_status(status))],
-            Reply::Capabilities { .. } | Reply::Ack => Vec::new(),
+            } => [
+                voltage_v.map(|v| (ReadDataResponse, register::VOUT, to_milli(v))),
+                current_a.map(|a| (ReadDataResponse, register::IOUT, to_milli(a))),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            Reply::Status(status) => vec![(
+                ReadDataResponse,
+                register::MODULE_STATUS,
+                word_from_status(status),
+            )],
+            // The set-data response echoes register and value.
+            Reply::Ack(command) => settings(command)
+                .into_iter()
+                .map(|(reg, value)| (SetDataResponse, reg, value))
+                .collect(),
+            Reply::Capabilities { .. } => Vec::new(),
         };
         messages
             .into_iter()
-            .map(|(reg, value)| Packet::new(address, 0, ReadDataResponse, reg, value).to_frame())
+            .map(|(kind, reg, value)| Packet::new(address, 0, kind, reg, value).to_frame())
             .collect()
     }
 }

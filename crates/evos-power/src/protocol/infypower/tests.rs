@@ -93,8 +93,8 @@ fn setpoint_frames() {
         command(
             Target::Module(0),
             Command::SetOutput {
-                voltage_v: 300.0,
-                current_a: 10.0
+                voltage_v: Some(300.0),
+                current_a: Some(10.0)
             }
         ),
         ext(
@@ -108,8 +108,8 @@ fn setpoint_frames() {
         command(
             Target::Group(2),
             Command::SetOutput {
-                voltage_v: 750.5,
-                current_a: 33.333
+                voltage_v: Some(750.5),
+                current_a: Some(33.333)
             }
         ),
         ext(
@@ -122,8 +122,8 @@ fn setpoint_frames() {
         command(
             Target::Broadcast,
             Command::SetOutput {
-                voltage_v: 0.0004,
-                current_a: 0.0006
+                voltage_v: Some(0.0004),
+                current_a: Some(0.0006)
             }
         ),
         ext(0x029C_3FF0, &[0, 0, 0, 0, 0, 0, 0, 1])
@@ -133,8 +133,8 @@ fn setpoint_frames() {
         command(
             Target::Module(1),
             Command::SetOutput {
-                voltage_v: -5.0,
-                current_a: f64::NAN
+                voltage_v: Some(-5.0),
+                current_a: Some(f64::NAN)
             }
         ),
         ext(0x029C_01F0, &[0; 8])
@@ -175,8 +175,8 @@ fn module_side_reads_the_commands() {
         Some(Ok((
             Target::Module(0),
             Command::SetOutput {
-                voltage_v: 300.0,
-                current_a: 10.0
+                voltage_v: Some(300.0),
+                current_a: Some(10.0)
             }
         )))
     );
@@ -208,8 +208,8 @@ fn output_answer() {
         &[0x43, 0xFA, 0x00, 0x00, 0x40, 0x60, 0x00, 0x00],
     );
     let output = Reply::Output {
-        voltage_v: 500.0,
-        current_a: 3.5,
+        voltage_v: Some(500.0),
+        current_a: Some(3.5),
     };
     assert_eq!(InfyPower.decode_reply(&doc), Some(Ok((0, output.clone()))));
     assert_eq!(reply(0, output), doc);
@@ -218,8 +218,8 @@ fn output_answer() {
         reply(
             0x3E,
             Reply::Output {
-                voltage_v: 402.0,
-                current_a: 40.0
+                voltage_v: Some(402.0),
+                current_a: Some(40.0)
             }
         ),
         ext(
@@ -394,30 +394,97 @@ fn ratings_answer() {
 
 #[test]
 fn acknowledgements() {
-    // Echo of a 0x1C setpoint and of a 0x1A switch: both are Ack.
+    // Echo of a 0x1C setpoint and of a 0x1A switch: Ack of what they echo.
     let setpoint = ext(
         0x029C_F000,
         &[0x00, 0x04, 0x93, 0xE0, 0x00, 0x00, 0x27, 0x10],
     );
-    assert_eq!(InfyPower.decode_reply(&setpoint), Some(Ok((0, Reply::Ack))));
-    let off = ext(0x029A_F00C, &[0x01, 0, 0, 0, 0, 0, 0, 0]);
-    assert_eq!(InfyPower.decode_reply(&off), Some(Ok((0x0C, Reply::Ack))));
-    // The faithful echoes.
+    let set = Command::SetOutput {
+        voltage_v: Some(300.0),
+        current_a: Some(10.0),
+    };
     assert_eq!(
-        one(InfyPower.encode_ack(
-            0,
-            &Command::SetOutput {
-                voltage_v: 300.0,
-                current_a: 10.0
-            }
-        )),
-        setpoint
+        InfyPower.decode_reply(&setpoint),
+        Some(Ok((0, Reply::Ack(set))))
     );
-    assert_eq!(one(InfyPower.encode_ack(0x0C, &Command::SetOn(false))), off);
-    assert!(InfyPower.encode_ack(0, &Command::ReadStatus).is_empty());
-    // The trait's Ack, which does not say what it acknowledges: a 0x1C echo
-    // with a zero setpoint.
-    assert_eq!(reply(3, Reply::Ack), ext(0x029C_F003, &[0; 8]));
+    let off = ext(0x029A_F00C, &[0x01, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        InfyPower.decode_reply(&off),
+        Some(Ok((0x0C, Reply::Ack(Command::SetOn(false)))))
+    );
+    let on = ext(0x029A_F00C, &[0x00, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        InfyPower.decode_reply(&on),
+        Some(Ok((0x0C, Reply::Ack(Command::SetOn(true)))))
+    );
+    // The faithful echoes.
+    assert_eq!(reply(0, Reply::Ack(set)), setpoint);
+    assert_eq!(reply(0x0C, Reply::Ack(Command::SetOn(false))), off);
+    assert_eq!(reply(0x0C, Reply::Ack(Command::SetOn(true))), on);
+    // A read is answered, not acknowledged.
+    for read in [
+        Command::ReadOutput,
+        Command::ReadStatus,
+        Command::ReadCapabilities,
+    ] {
+        assert!(InfyPower.encode_reply(0, &Reply::Ack(read)).is_empty());
+    }
+    // An echoed on/off byte the protocol does not define.
+    assert!(matches!(
+        InfyPower.decode_reply(&ext(0x029A_F000, &[0x02, 0, 0, 0, 0, 0, 0, 0])),
+        Some(Err(DecodeError::Malformed { .. }))
+    ));
+}
+
+#[test]
+fn a_setpoint_or_output_missing_a_value_sends_nothing() {
+    // 0x1C and the 0x03 answer carry voltage and current together.
+    for (voltage_v, current_a) in [(Some(400.0), None), (None, Some(10.0)), (None, None)] {
+        let set = Command::SetOutput {
+            voltage_v,
+            current_a,
+        };
+        for target in [Target::Module(1), Target::Group(0), Target::Broadcast] {
+            assert!(InfyPower.encode_command(target, &set).is_empty());
+        }
+        assert!(InfyPower.encode_reply(1, &Reply::Ack(set)).is_empty());
+        let output = Reply::Output {
+            voltage_v,
+            current_a,
+        };
+        assert!(InfyPower.encode_reply(1, &output).is_empty());
+    }
+}
+
+#[test]
+fn group_commands_are_answered_with_device_0x0b() {
+    // [C]: a module asked through its group answers 0x02C4F000 (device
+    // 0x0B, 0x04 to 0xF0 from module 0); the controller takes both.
+    let status = Reply::Status(ModuleStatus {
+        on: true,
+        ..ModuleStatus::default()
+    });
+    let group = one(InfyPower.encode_reply_to(0, &status, Target::Group(2)));
+    assert_eq!(group.id(), 0x02C4_F000);
+    assert_eq!(
+        InfyPower.decode_reply(&group),
+        Some(Ok((0, status.clone())))
+    );
+    // Asked by address (or by broadcast): device 0x0A, as encode_reply.
+    for target in [Target::Module(0), Target::Broadcast] {
+        assert_eq!(
+            InfyPower.encode_reply_to(0, &status, target),
+            InfyPower.encode_reply(0, &status)
+        );
+    }
+    // The echo of a group switch: 0x1A with device 0x0B from module 5.
+    let ack =
+        one(InfyPower.encode_reply_to(5, &Reply::Ack(Command::SetOn(true)), Target::Group(0)));
+    assert_eq!(ack, ext(0x02DA_F005, &[0; 8]));
+    assert_eq!(
+        InfyPower.decode_reply(&ack),
+        Some(Ok((5, Reply::Ack(Command::SetOn(true)))))
+    );
 }
 
 #[test]
@@ -520,8 +587,8 @@ fn target() -> impl Strategy<Value = Target> {
 fn command_on_grid() -> impl Strategy<Value = Command> {
     prop_oneof![
         (any::<u32>(), any::<u32>()).prop_map(|(mv, ma)| Command::SetOutput {
-            voltage_v: f64::from(mv) / 1000.0,
-            current_a: f64::from(ma) / 1000.0,
+            voltage_v: Some(f64::from(mv) / 1000.0),
+            current_a: Some(f64::from(ma) / 1000.0),
         }),
         any::<bool>().prop_map(Command::SetOn),
         Just(Command::ReadOutput),
@@ -548,8 +615,8 @@ fn reply_on_grid() -> impl Strategy<Value = Reply> {
     let finite = any::<f32>().prop_filter("finite", |v| v.is_finite());
     prop_oneof![
         (finite.clone(), finite).prop_map(|(v, i)| Reply::Output {
-            voltage_v: f64::from(v),
-            current_a: f64::from(i),
+            voltage_v: Some(f64::from(v)),
+            current_a: Some(f64::from(i)),
         }),
         any::<u32>().prop_map(|raw| Reply::Status(status_from_raw(raw))),
         (any::<u16>(), any::<u16>(), any::<u16>(), any::<u16>()).prop_map(|(max, min, i, p)| {
@@ -560,7 +627,18 @@ fn reply_on_grid() -> impl Strategy<Value = Reply> {
                 max_power_w: f64::from(p) * 10.0,
             }
         }),
-        Just(Reply::Ack),
+        setting_on_grid().prop_map(Reply::Ack),
+    ]
+}
+
+/// The settings a module acknowledges, on the protocol's grid.
+fn setting_on_grid() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        (any::<u32>(), any::<u32>()).prop_map(|(mv, ma)| Command::SetOutput {
+            voltage_v: Some(f64::from(mv) / 1000.0),
+            current_a: Some(f64::from(ma) / 1000.0),
+        }),
+        any::<bool>().prop_map(Command::SetOn),
     ]
 }
 
@@ -598,14 +676,36 @@ proptest! {
         voltage_v in 0.0..1500.0f64,
         current_a in 0.0..1000.0f64,
     ) {
-        let frame = one(InfyPower.encode_command(target, &Command::SetOutput { voltage_v, current_a }));
-        let Some(Ok((_, Command::SetOutput { voltage_v: v, current_a: i }))) =
+        let set = Command::SetOutput { voltage_v: Some(voltage_v), current_a: Some(current_a) };
+        let frame = one(InfyPower.encode_command(target, &set));
+        let Some(Ok((_, Command::SetOutput { voltage_v: Some(v), current_a: Some(i) }))) =
             InfyPower.decode_command(&frame)
         else {
             panic!("{frame:?}");
         };
         prop_assert!((v - voltage_v).abs() <= 0.0005 + 1e-9, "{v} vs {voltage_v}");
         prop_assert!((i - current_a).abs() <= 0.0005 + 1e-9, "{i} vs {current_a}");
+    }
+
+    /// What the controller sends, the module reads, echoes, and the
+    /// controller reads back as `Ack` of what it sent.
+    #[test]
+    fn settings_are_echoed(
+        target in target(),
+        address in 0..=MAX_MODULE_ADDRESS,
+        setting in setting_on_grid(),
+    ) {
+        let frame = one(InfyPower.encode_command(target, &setting));
+        let Some(Ok((got_target, got))) = InfyPower.decode_command(&frame) else {
+            panic!("{frame:?}");
+        };
+        prop_assert_eq!((got_target, got), (target, setting));
+        let echo = one(InfyPower.encode_reply_to(address, &Reply::Ack(got), target));
+        prop_assert_eq!(echo.data(), frame.data());
+        prop_assert_eq!(
+            InfyPower.decode_reply(&echo),
+            Some(Ok((address, Reply::Ack(setting))))
+        );
     }
 
     #[test]
@@ -686,6 +786,7 @@ proptest! {
     fn decoded_frames_re_encode(
         id in prop_oneof![
             Just(0x0283_F000u32), Just(0x0284_F000), Just(0x028A_F000),
+            Just(0x029A_F000), Just(0x029C_F000),
             Just(0x0283_00F0), Just(0x0284_00F0), Just(0x028A_00F0),
             Just(0x029A_00F0), Just(0x029C_00F0),
         ],

@@ -56,8 +56,8 @@ fn set_output_writes_setpoint_then_limit() {
     let frames = commands(
         Target::Module(1),
         Command::SetOutput {
-            voltage_v: 500.0,
-            current_a: 20.0,
+            voltage_v: Some(500.0),
+            current_a: Some(20.0),
         },
     );
     assert_eq!(
@@ -76,8 +76,8 @@ fn setpoints_round_to_the_millivolt_and_clamp() {
     let frames = commands(
         Target::Module(1),
         Command::SetOutput {
-            voltage_v: 350.0004,
-            current_a: -3.0,
+            voltage_v: Some(350.0004),
+            current_a: Some(-3.0),
         },
     );
     assert_eq!(packet(&frames[0]).value, 350_000);
@@ -85,8 +85,8 @@ fn setpoints_round_to_the_millivolt_and_clamp() {
     let frames = commands(
         Target::Module(1),
         Command::SetOutput {
-            voltage_v: f64::NAN,
-            current_a: 1e12,
+            voltage_v: Some(f64::NAN),
+            current_a: Some(1e12),
         },
     );
     assert_eq!(packet(&frames[0]).value, 0);
@@ -189,10 +189,66 @@ fn module_side_decodes_commands() {
             Some(Ok((Target::Module(1), Command::ReadOutput)))
         );
     }
-    // A setpoint alone does not fit `Command::SetOutput` yet.
+    // A voltage setpoint or current limit alone: the one value.
     assert_eq!(
         command(&ext(MODULE_1, &[0x00, 0x02, 0, 0, 0x00, 0x07, 0xA1, 0x20])),
-        None
+        Some(Ok((
+            Target::Module(1),
+            Command::SetOutput {
+                voltage_v: Some(500.0),
+                current_a: None
+            }
+        )))
+    );
+    assert_eq!(
+        command(&ext(ALL, &[0x30, 0x03, 0, 0, 0x00, 0x00, 0x4E, 0x20])),
+        Some(Ok((
+            Target::Group(3),
+            Command::SetOutput {
+                voltage_v: None,
+                current_a: Some(20.0)
+            }
+        )))
+    );
+}
+
+#[test]
+fn a_setpoint_with_one_value_is_one_frame() {
+    assert_eq!(
+        commands(
+            Target::Module(1),
+            Command::SetOutput {
+                voltage_v: Some(500.0),
+                current_a: None,
+            },
+        ),
+        [ext(
+            MODULE_1,
+            &[0x00, 0x02, 0x00, 0x00, 0x00, 0x07, 0xA1, 0x20]
+        )]
+    );
+    assert_eq!(
+        commands(
+            Target::Module(1),
+            Command::SetOutput {
+                voltage_v: None,
+                current_a: Some(20.0),
+            },
+        ),
+        [ext(
+            MODULE_1,
+            &[0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x4E, 0x20]
+        )]
+    );
+    assert!(
+        commands(
+            Target::Module(1),
+            Command::SetOutput {
+                voltage_v: None,
+                current_a: None,
+            },
+        )
+        .is_empty()
     );
 }
 
@@ -214,9 +270,20 @@ fn smartelectroni_frames() {
         Some(Ok((Target::Module(1), Command::ReadStatus)))
     );
     // SE's voltage set, 350 V (its example's TEST_VOLTAGE).
-    let p = packet(&ext(MODULE_1, &[0x10, 0x02, 0, 0, 0x00, 0x05, 0x57, 0x30]));
+    let frame = ext(MODULE_1, &[0x10, 0x02, 0, 0, 0x00, 0x05, 0x57, 0x30]);
+    let p = packet(&frame);
     assert_eq!((p.group, p.kind, p.register), (1, MessageType::SetData, 2));
     assert_eq!(from_milli(p.value), 350.0);
+    assert_eq!(
+        command(&frame),
+        Some(Ok((
+            Target::Module(1),
+            Command::SetOutput {
+                voltage_v: Some(350.0),
+                current_a: None
+            }
+        )))
+    );
     // SE reads voltage from register 98 ("Vout_fast"), which this side
     // does not use.
     assert_eq!(
@@ -283,8 +350,8 @@ fn output_reply_is_two_register_replies() {
     let frames = UuGreen.encode_reply(
         1,
         &Reply::Output {
-            voltage_v: 750.5,
-            current_a: 33.25,
+            voltage_v: Some(750.5),
+            current_a: Some(33.25),
         },
     );
     assert_eq!(
@@ -298,26 +365,98 @@ fn output_reply_is_two_register_replies() {
     );
     assert_eq!(from_milli(packet(&frames[0]).value), 750.5);
     assert_eq!(from_milli(packet(&frames[1]).value), 33.25);
-    // One value per frame does not fit `Reply::Output` yet.
-    assert_eq!(reply(&frames[0]), None);
-    assert_eq!(reply(&frames[1]), None);
+    // Each frame is the one value it carries.
+    assert_eq!(
+        reply(&frames[0]),
+        Some(Ok((
+            1,
+            Reply::Output {
+                voltage_v: Some(750.5),
+                current_a: None
+            }
+        )))
+    );
+    assert_eq!(
+        reply(&frames[1]),
+        Some(Ok((
+            1,
+            Reply::Output {
+                voltage_v: None,
+                current_a: Some(33.25)
+            }
+        )))
+    );
+    // And a lone value is one frame.
+    assert_eq!(
+        UuGreen.encode_reply(
+            1,
+            &Reply::Output {
+                voltage_v: None,
+                current_a: Some(33.25)
+            }
+        ),
+        [frames[1]]
+    );
 }
 
 #[test]
-fn set_responses_are_acks() {
-    for data in [
-        [0x01, 0x02, 0, 0, 0x00, 0x07, 0xA1, 0x20],
-        [0x01, 0x03, 0, 0, 0x00, 0x00, 0x4E, 0x20],
-        [0x01, 0x04, 0, 0, 0, 0, 0, 0x00],
-        [0x01, 0x04, 0, 0, 0, 0, 0, 0x01],
-    ] {
-        assert_eq!(reply(&ext(MODULE_1, &data)), Some(Ok((1, Reply::Ack))));
+fn set_responses_are_acks_of_their_register() {
+    let cases = [
+        (
+            [0x01, 0x02, 0, 0, 0x00, 0x07, 0xA1, 0x20],
+            Command::SetOutput {
+                voltage_v: Some(500.0),
+                current_a: None,
+            },
+        ),
+        (
+            [0x01, 0x03, 0, 0, 0x00, 0x00, 0x4E, 0x20],
+            Command::SetOutput {
+                voltage_v: None,
+                current_a: Some(20.0),
+            },
+        ),
+        ([0x01, 0x04, 0, 0, 0, 0, 0, 0x00], Command::SetOn(true)),
+        ([0x01, 0x04, 0, 0, 0, 0, 0, 0x01], Command::SetOn(false)),
+    ];
+    for (data, setting) in cases {
+        let frame = ext(MODULE_1, &data);
+        assert_eq!(reply(&frame), Some(Ok((1, Reply::Ack(setting)))));
+        // The module side's echo of the setting is that frame.
+        assert_eq!(UuGreen.encode_reply(1, &Reply::Ack(setting)), [frame]);
     }
+    // The echo of a whole setpoint: both registers, setpoint first.
+    assert_eq!(
+        UuGreen.encode_reply(
+            1,
+            &Reply::Ack(Command::SetOutput {
+                voltage_v: Some(500.0),
+                current_a: Some(20.0),
+            })
+        ),
+        [ext(MODULE_1, &cases[0].0), ext(MODULE_1, &cases[1].0)]
+    );
+    // Set responses of registers this side does not set (95, the range).
+    assert_eq!(
+        reply(&ext(MODULE_1, &[0x01, 0x5F, 0, 0, 0, 0, 0, 0x01])),
+        None
+    );
 }
 
 #[test]
 fn module_side_sends_nothing_it_cannot_say() {
-    assert!(UuGreen.encode_reply(1, &Reply::Ack).is_empty());
+    for read in [
+        Command::ReadOutput,
+        Command::ReadStatus,
+        Command::ReadCapabilities,
+    ] {
+        assert!(UuGreen.encode_reply(1, &Reply::Ack(read)).is_empty());
+    }
+    let none = Reply::Output {
+        voltage_v: None,
+        current_a: None,
+    };
+    assert!(UuGreen.encode_reply(1, &none).is_empty());
     let caps = Reply::Capabilities {
         min_voltage_v: 150.0,
         max_voltage_v: 1000.0,
@@ -631,7 +770,8 @@ proptest! {
         ma in 0u32..=300_000,
     ) {
         let (voltage_v, current_a) = (from_milli(mv), from_milli(ma));
-        let frames = commands(target, Command::SetOutput { voltage_v, current_a });
+        let set = Command::SetOutput { voltage_v: Some(voltage_v), current_a: Some(current_a) };
+        let frames = commands(target, set);
         let packets: Vec<Packet> = frames.iter().map(packet).collect();
         prop_assert_eq!(packets.len(), 2);
         prop_assert_eq!(
@@ -647,13 +787,30 @@ proptest! {
         for p in &packets {
             prop_assert_eq!(target_of(p), target);
         }
-        // What the module echoes back is an Ack.
-        for p in &packets {
-            let mut echo = *p;
-            echo.kind = MessageType::SetDataResponse;
-            echo.module = 9;
-            prop_assert_eq!(reply(&echo.to_frame()), Some(Ok((9, Reply::Ack))));
+        // Through the trait: each frame is its half of the setpoint…
+        let halves = [
+            Command::SetOutput { voltage_v: Some(voltage_v), current_a: None },
+            Command::SetOutput { voltage_v: None, current_a: Some(current_a) },
+        ];
+        for (frame, half) in frames.iter().zip(halves) {
+            prop_assert_eq!(command(frame), Some(Ok((target, half))));
+            // …which the module echoes (register and value), and the
+            // controller reads as `Ack` of that half.
+            let echo = UuGreen.encode_reply(9, &Reply::Ack(half));
+            prop_assert_eq!(echo.len(), 1);
+            let p = packet(&echo[0]);
+            prop_assert_eq!(
+                (p.module, p.kind, p.register, p.value),
+                (9, MessageType::SetDataResponse, packet(frame).register, packet(frame).value)
+            );
+            prop_assert_eq!(reply(&echo[0]), Some(Ok((9, Reply::Ack(half)))));
         }
+        // The echo of the whole setpoint is both halves' echoes.
+        let both: Vec<CanFrame> = halves
+            .iter()
+            .flat_map(|h| UuGreen.encode_reply(9, &Reply::Ack(*h)))
+            .collect();
+        prop_assert_eq!(UuGreen.encode_reply(9, &Reply::Ack(set)), both);
     }
 
     #[test]
@@ -663,7 +820,10 @@ proptest! {
         ma in 0u32..=300_000,
     ) {
         let (voltage_v, current_a) = (from_milli(mv), from_milli(ma));
-        let frames = UuGreen.encode_reply(address, &Reply::Output { voltage_v, current_a });
+        let frames = UuGreen.encode_reply(
+            address,
+            &Reply::Output { voltage_v: Some(voltage_v), current_a: Some(current_a) },
+        );
         let packets: Vec<Packet> = frames.iter().map(packet).collect();
         prop_assert_eq!(packets.len(), 2);
         prop_assert_eq!(
@@ -676,6 +836,66 @@ proptest! {
         );
         prop_assert_eq!(from_milli(packets[0].value), voltage_v);
         prop_assert_eq!(from_milli(packets[1].value), current_a);
+        // Through the trait: one value per frame, and each lone value is
+        // that frame again.
+        let halves = [
+            Reply::Output { voltage_v: Some(voltage_v), current_a: None },
+            Reply::Output { voltage_v: None, current_a: Some(current_a) },
+        ];
+        for (frame, half) in frames.iter().zip(halves) {
+            prop_assert_eq!(reply(frame), Some(Ok((address, half.clone()))));
+            prop_assert_eq!(UuGreen.encode_reply(address, &half), [*frame]);
+            prop_assert_eq!(command(frame), None);
+        }
+    }
+
+    /// Any setting: the module reads what the controller sent, frame by
+    /// frame, and its echoes read back as `Ack` of each frame's part.
+    #[test]
+    fn settings_round_trip_through_the_trait(
+        target in any_target(),
+        address in 1..=MAX_MODULE,
+        mv in proptest::option::of(0u32..=1_500_000),
+        ma in proptest::option::of(0u32..=300_000),
+        on in any::<bool>(),
+        which in 0..2usize,
+    ) {
+        let setting = [
+            Command::SetOutput { voltage_v: mv.map(from_milli), current_a: ma.map(from_milli) },
+            Command::SetOn(on),
+        ][which];
+        let frames = commands(target, setting);
+        let mut read = Vec::new();
+        let mut echoed = Vec::new();
+        for frame in &frames {
+            let Some(Ok((got_target, part))) = command(frame) else {
+                panic!("{frame:?}");
+            };
+            prop_assert_eq!(got_target, target);
+            for echo in UuGreen.encode_reply(address, &Reply::Ack(part)) {
+                let Some(Ok((from, Reply::Ack(back)))) = reply(&echo) else {
+                    panic!("{echo:?}");
+                };
+                prop_assert_eq!(from, address);
+                echoed.push(back);
+            }
+            read.push(part);
+        }
+        // Merged, the parts are the setting.
+        let merged = read.iter().copied().reduce(|a, b| match (a, b) {
+            (
+                Command::SetOutput { voltage_v: v, current_a: i },
+                Command::SetOutput { voltage_v: v2, current_a: i2 },
+            ) => Command::SetOutput { voltage_v: v.or(v2), current_a: i.or(i2) },
+            (a, _) => a,
+        });
+        match setting {
+            Command::SetOutput { voltage_v: None, current_a: None } => {
+                prop_assert!(frames.is_empty());
+            }
+            _ => prop_assert_eq!(merged, Some(setting)),
+        }
+        prop_assert_eq!(echoed, read);
     }
 
     #[test]
@@ -713,8 +933,8 @@ fn infypower_frames_are_not_uugreen_frames() {
     use super::super::infypower::InfyPower;
     let infy_commands = [
         Command::SetOutput {
-            voltage_v: 500.0,
-            current_a: 20.0,
+            voltage_v: Some(500.0),
+            current_a: Some(20.0),
         },
         Command::SetOn(true),
         Command::SetOn(false),
@@ -740,11 +960,16 @@ fn infypower_frames_are_not_uugreen_frames() {
     }
     let infy_replies = [
         Reply::Output {
-            voltage_v: 400.0,
-            current_a: 10.0,
+            voltage_v: Some(400.0),
+            current_a: Some(10.0),
         },
         Reply::Status(ModuleStatus::default()),
-        Reply::Ack,
+        Reply::Ack(Command::SetOn(true)),
+        Reply::Ack(Command::SetOn(false)),
+        Reply::Ack(Command::SetOutput {
+            voltage_v: Some(500.0),
+            current_a: Some(20.0),
+        }),
         Reply::Capabilities {
             min_voltage_v: 150.0,
             max_voltage_v: 1000.0,
