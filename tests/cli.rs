@@ -55,14 +55,16 @@ fn bad_config_names_the_key() {
     );
 }
 
-#[test]
-fn scenario_ac_session_completes() {
+/// Run `evos sim [EXTRA] --scenario NAME` in a fresh data dir; it must
+/// complete, end the session by unplugging, and clean up.
+fn scenario_completes(extra: &[&str], name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = evos()
+        .arg("sim")
+        .args(extra)
         .args([
-            "sim",
             "--scenario",
-            "ac-session",
+            name,
             "--data-dir",
             dir.path().to_str().unwrap(),
         ])
@@ -75,7 +77,10 @@ fn scenario_ac_session_completes() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("scenario ac-session complete"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("scenario {name} complete")),
+        "{stdout}"
+    );
     assert!(stdout.contains("stop reason EVDisconnected"), "{stdout}");
     assert!(
         !dir.path().join("bus.address").exists(),
@@ -84,28 +89,13 @@ fn scenario_ac_session_completes() {
 }
 
 #[test]
+fn scenario_ac_session_completes() {
+    scenario_completes(&[], "ac-session");
+}
+
+#[test]
 fn dc_scenario_charges_through_the_simulated_power_modules() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = evos()
-        .args([
-            "sim",
-            "--dc",
-            "--scenario",
-            "dc-session",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("scenario dc-session complete"), "{stdout}");
-    assert!(stdout.contains("stop reason EVDisconnected"), "{stdout}");
+    scenario_completes(&["--dc"], "dc-session");
 }
 
 #[test]
