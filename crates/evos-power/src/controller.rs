@@ -423,6 +423,20 @@ mod tests {
         }
     }
 
+    /// Output 1 enabled at 400 V / `target_a` on four online modules,
+    /// stepped once a second for `seconds` s; returns the start time.
+    fn charging(target_a: f64, seconds: u64) -> (Controller, Instant) {
+        let t0 = Instant::now();
+        let mut c = Controller::new(&config(), TIMEOUT);
+        online(&mut c, t0);
+        c.set_target(1, 400.0, target_a).unwrap();
+        c.set_enabled(1, true).unwrap();
+        for s in 0..=seconds {
+            c.step(t0 + Duration::from_secs(s));
+        }
+        (c, t0)
+    }
+
     /// The SetOutput current last commanded per module in `step`.
     fn currents(step: &Step) -> BTreeMap<u8, f64> {
         step.commands
@@ -472,14 +486,7 @@ mod tests {
 
     #[test]
     fn a_second_car_takes_half_the_pool_and_the_first_drops_at_once() {
-        let t0 = Instant::now();
-        let mut c = Controller::new(&config(), TIMEOUT);
-        online(&mut c, t0);
-        c.set_target(1, 400.0, 200.0).unwrap();
-        c.set_enabled(1, true).unwrap();
-        for s in 0..=5 {
-            c.step(t0 + Duration::from_secs(s));
-        }
+        let (mut c, t0) = charging(200.0, 5);
         c.set_target(2, 400.0, 200.0).unwrap();
         c.set_enabled(2, true).unwrap();
         let t = t0 + Duration::from_millis(5100);
@@ -516,14 +523,7 @@ mod tests {
 
     #[test]
     fn a_faulted_module_is_switched_off_and_its_share_dropped() {
-        let t0 = Instant::now();
-        let mut c = Controller::new(&config(), TIMEOUT);
-        online(&mut c, t0);
-        c.set_target(1, 400.0, 400.0).unwrap();
-        c.set_enabled(1, true).unwrap();
-        for s in 0..=10 {
-            c.step(t0 + Duration::from_secs(s));
-        }
+        let (mut c, t0) = charging(400.0, 10);
         let t = t0 + Duration::from_secs(10);
         assert_eq!(c.snapshot(1, t).setpoint_a, 300.0, "120 kW at 400 V");
         let short = ModuleStatus {
