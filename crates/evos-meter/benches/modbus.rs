@@ -36,10 +36,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use evos_meter::reading::Reading;
 use evos_meter::register_map::{Block, RegisterMap};
 use evos_meter::transport::{ModbusBus, SerialLine, TransportAddress};
-use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
+use tokio_modbus::{ExceptionCode, Response, SlaveRequest};
 
 #[path = "../tests/support/pty.rs"]
 mod pty;
+#[path = "../tests/support/registers.rs"]
+mod registers;
 use pty::open_pty;
 
 const UNIT: u8 = 1;
@@ -89,24 +91,7 @@ impl tokio_modbus::server::Service for Sdm630 {
         if req.slave != UNIT {
             return std::future::ready(Ok(None));
         }
-        let words = |address: u16, count: u16| {
-            let end = u32::from(address) + u32::from(count);
-            if count == 0 || count > 125 || end > 0x1_0000 {
-                return Err(ExceptionCode::IllegalDataAddress);
-            }
-            Ok((u32::from(address)..end)
-                .map(|a| self.registers.get(&(a as u16)).copied().unwrap_or(0))
-                .collect())
-        };
-        std::future::ready(match req.request {
-            Request::ReadInputRegisters(address, count) => {
-                words(address, count).map(|w| Some(Response::ReadInputRegisters(w)))
-            }
-            Request::ReadHoldingRegisters(address, count) => {
-                words(address, count).map(|w| Some(Response::ReadHoldingRegisters(w)))
-            }
-            _ => Err(ExceptionCode::IllegalFunction),
-        })
+        std::future::ready(registers::answer(&self.registers, req.request))
     }
 }
 

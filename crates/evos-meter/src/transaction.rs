@@ -125,6 +125,11 @@ impl TransactionStore {
     }
 
     fn prune(&self) {
+        // Counting names is cheap; read the records only when over the limit.
+        let files = std::fs::read_dir(&self.dir).map_or(0, |entries| entries.count());
+        if files <= KEEP_COMPLETED {
+            return;
+        }
         let mut done: Vec<TransactionRecord> = self
             .all()
             .into_iter()

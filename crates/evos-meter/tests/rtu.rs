@@ -28,10 +28,12 @@ use evos_meter::register_map::RegisterMap;
 use evos_meter::transport::{ModbusBus, ModbusError, SerialLine, TransportAddress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
-use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
+use tokio_modbus::{ExceptionCode, Response, SlaveRequest};
 
 #[path = "support/pty.rs"]
 mod pty;
+#[path = "support/registers.rs"]
+mod registers;
 use pty::open_pty;
 
 /// The bus deadline per request. Only the wrong-unit test waits it out.
@@ -139,24 +141,7 @@ impl tokio_modbus::server::Service for Meters {
         let Some(registers) = self.registers.get(&req.slave) else {
             return std::future::ready(Ok(None));
         };
-        let words = |address: u16, count: u16| {
-            let end = u32::from(address) + u32::from(count);
-            if count == 0 || count > 125 || end > 0x1_0000 {
-                return Err(ExceptionCode::IllegalDataAddress);
-            }
-            Ok((u32::from(address)..end)
-                .map(|a| registers.get(&(a as u16)).copied().unwrap_or(0))
-                .collect())
-        };
-        std::future::ready(match req.request {
-            Request::ReadInputRegisters(address, count) => {
-                words(address, count).map(|w| Some(Response::ReadInputRegisters(w)))
-            }
-            Request::ReadHoldingRegisters(address, count) => {
-                words(address, count).map(|w| Some(Response::ReadHoldingRegisters(w)))
-            }
-            _ => Err(ExceptionCode::IllegalFunction),
-        })
+        std::future::ready(registers::answer(registers, req.request))
     }
 }
 
