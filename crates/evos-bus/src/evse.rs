@@ -37,6 +37,13 @@ pub struct SessionRecord {
     pub stop_reason: String,
     /// The fault that ended the session, if any (e.g. `RcdTripped`).
     pub fault: String,
+    /// The token that ended the session when one did (a swipe, or the
+    /// remote stop's token); empty otherwise. OCPP StopTransaction.idTag.
+    #[serde(default)]
+    pub stop_token: String,
+    /// The reservation the session consumed (OCPP reservationId); 0 for none.
+    #[serde(default)]
+    pub reservation_id: i32,
 }
 
 impl SessionRecord {
@@ -54,10 +61,15 @@ impl SessionRecord {
 #[proxy(interface = "org.evos.Evse1", default_service = "org.evos.Evse")]
 pub trait Evse1 {
     /// Present a token as if read at this EVSE's reader: starts a session when
-    /// authorized (now or once the EV plugs in), stops the session it started.
+    /// authorized (now or once the EV plugs in), stops the session it started
+    /// (or one whose token has the same parent id).
     /// Returns the authorization status (`Accepted`, `Invalid`, …).
+    ///
+    /// With `auth = "ocpp"` the decision comes from `org.evos.Ocpp1.Authorize`;
+    /// evse calls it, never the other way round.
     fn present_token(&self, token: &str) -> Result<String, crate::Error>;
     /// Start a session for an already authorized token (OCPP RemoteStart).
+    /// A reservation is honoured: only its token (or parent) may start.
     fn start_session(&self, token: &str) -> Result<(), crate::Error>;
     /// Stop the active session with an OCPP stop reason (`Remote`, `Local`, …).
     fn stop_session(&self, reason: &str) -> Result<(), crate::Error>;
@@ -75,6 +87,29 @@ pub trait Evse1 {
     fn set_available(&self, available: bool) -> Result<(), crate::Error>;
     /// Recent sessions of this EVSE, oldest first, the active one last.
     fn sessions(&self) -> Result<Vec<SessionRecord>, crate::Error>;
+    /// Reserve this EVSE (OCPP ReserveNow) for `token`, or for any token
+    /// whose parent id is `parent` (empty: none), until `expiry_ms` (Unix
+    /// ms). A reservation with the same id is replaced. Returns the OCPP
+    /// ReservationStatus: `Accepted`, `Occupied` (an EV or a session is
+    /// there, or another reservation), `Faulted`, `Unavailable`.
+    fn reserve(
+        &self,
+        reservation_id: i32,
+        token: &str,
+        parent: &str,
+        expiry_ms: i64,
+    ) -> Result<String, crate::Error>;
+    /// Cancel reservation `reservation_id`; `NotFound` if this EVSE does
+    /// not hold it.
+    fn cancel_reservation(&self, reservation_id: i32) -> Result<(), crate::Error>;
+    /// Unlock the connector (OCPP UnlockConnector). An active session is
+    /// ended first (stop reason `UnlockCommand`). Returns the OCPP
+    /// UnlockStatus: `Unlocked`, `UnlockFailed` or `NotSupported` (a
+    /// connector without a lock).
+    fn unlock(&self) -> Result<String, crate::Error>;
+    /// How long an authorization waits for the EV to plug in (OCPP
+    /// ConnectionTimeOut), in seconds; at least 1.
+    fn set_connection_timeout(&self, seconds: u32) -> Result<(), crate::Error>;
 
     #[zbus(signal)]
     fn session_started(&self, record: SessionRecord) -> zbus::Result<()>;
@@ -108,4 +143,10 @@ pub trait Evse1 {
     /// The active charging limit as (value, unit); unit is empty when none.
     #[zbus(property)]
     fn charging_limit(&self) -> zbus::Result<(f64, String)>;
+    /// The reservation held: (id, token, parent, expiry Unix ms); id 0 when
+    /// none. While it is held `Status` is `Reserved` (unless a fault or
+    /// unavailability wins) and only its token, or a token with its parent
+    /// id, starts a session.
+    #[zbus(property)]
+    fn reservation(&self) -> zbus::Result<(i32, String, String, i64)>;
 }

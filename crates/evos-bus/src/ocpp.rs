@@ -1,4 +1,7 @@
-//! `org.evos.Ocpp1`: the station's OCPP client (declared; built by the OCPP issue).
+//! `org.evos.Ocpp1`: the station's OCPP client, served by `evos run ocpp`.
+//!
+//! `evse` calls `Authorize` for every token presented (it never waits on
+//! ocpp for anything else); everyone else reads the connection state.
 
 use zbus::proxy;
 
@@ -12,8 +15,11 @@ pub const PATH: &str = "/org/evos/Ocpp1";
     default_path = "/org/evos/Ocpp1"
 )]
 pub trait Ocpp1 {
-    /// Ask the CSMS (or the local list / cache) to authorize `token` at `evse`.
-    /// Returns the OCPP authorization status and the parent id tag.
+    /// Ask the CSMS (or, by the OCPP rules, the local list, the
+    /// authorization cache or the offline policy) to authorize `token` at
+    /// `evse`. Returns the OCPP AuthorizationStatus (`Accepted`, `Blocked`,
+    /// `Expired`, `Invalid`, `ConcurrentTx`) and the parent id tag (empty
+    /// when none).
     fn authorize(&self, evse: u32, token: &str) -> Result<(String, String), crate::Error>;
 
     /// "Connected", "Connecting", "Offline".
@@ -22,7 +28,13 @@ pub trait Ocpp1 {
     /// "Accepted", "Pending", "Rejected", or empty before the first boot.
     #[zbus(property)]
     fn registration_status(&self) -> zbus::Result<String>;
-    /// Messages persisted but not yet confirmed by the CSMS.
+    /// Transaction messages persisted but not yet confirmed by the CSMS.
     #[zbus(property)]
     fn queued_messages(&self) -> zbus::Result<u32>;
+    /// The OCPP version spoken: "1.6".
+    #[zbus(property)]
+    fn protocol(&self) -> zbus::Result<String>;
+    /// The CSMS endpoint and station identity, as `URL/ID`.
+    #[zbus(property)]
+    fn endpoint(&self) -> zbus::Result<String>;
 }

@@ -175,6 +175,10 @@ mod tests {
                 String::new()
             },
             fault: String::new(),
+            stop_token: String::new(),
+            reservation_id: 0,
+            stop_token: String::new(),
+            reservation_id: 0,
         }
     }
 

@@ -650,6 +650,8 @@ impl Evse {
             stop_meter_wh: meter,
             stop_reason: String::new(),
             fault: String::new(),
+            stop_token: String::new(),
+            reservation_id: 0,
         };
         tracing::info!(
             evse = self.spec.id,
@@ -687,6 +689,8 @@ impl Evse {
                 stop_meter_wh: 0.0,
                 stop_reason: String::new(),
                 fault: String::new(),
+                stop_token: String::new(),
+                reservation_id: 0,
             },
         );
         if let Some(m) = self.meter {

@@ -319,6 +319,8 @@ fn persisted_session() -> SessionRecord {
         stop_meter_wh: 900.0,
         stop_reason: String::new(),
         fault: String::new(),
+        stop_token: String::new(),
+        reservation_id: 0,
     }
 }
 
