@@ -21,6 +21,7 @@ pub struct StationConfig {
     pub evse: Option<evos_evse::Config>,
     pub meter: Option<evos_meter::Config>,
     pub power: Option<evos_power::Config>,
+    pub ocpp: Option<evos_ocpp::Config>,
     #[cfg(feature = "sim")]
     #[serde(default)]
     pub sim: hal_sim::Config,
@@ -41,6 +42,10 @@ impl StationConfig {
         if let Some(power) = &config.power {
             power
                 .validate()
+                .map_err(|e| evos_service::config::invalid(path, e))?;
+        }
+        if let Some(ocpp) = &config.ocpp {
+            ocpp.validate()
                 .map_err(|e| evos_service::config::invalid(path, e))?;
         }
         #[cfg(feature = "sim")]

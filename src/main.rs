@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one service: evse, meter, power, hal-sim (simulator builds), broker (simulator builds).
+    /// Run one service: evse, meter, power, ocpp, hal-sim (simulator builds), broker (simulator builds).
     Run {
         service: String,
         /// The station config file.
@@ -116,6 +116,25 @@ fn run_service(
                 .with_context(|| format!("cannot create state dir {}", dir.display()))?;
             runtime()?.block_on(evos_meter::run(meter, &dir, bus.as_deref()))?;
             Ok(0)
+        }
+        "ocpp" => {
+            let config = StationConfig::load(config_path)?;
+            let mut ocpp = config
+                .ocpp
+                .clone()
+                .with_context(|| format!("config {}: no [ocpp] section", config_path.display()))?;
+            if ocpp.connectors == 0 {
+                ocpp.connectors = config.evse.as_ref().map_or(1, |e| e.evse.len() as u32);
+            }
+            let dir = config.state_dir(state_dir.as_deref(), "ocpp");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create state dir {}", dir.display()))?;
+            match runtime()?.block_on(evos_ocpp::run(ocpp, &dir, bus.as_deref()))? {
+                // A reset: exit with EX_TEMPFAIL so a Restart=on-failure
+                // unit (or the sim's supervisor) starts the service again.
+                Some(evos_ocpp::Exit::Reset { .. }) => Ok(75),
+                None => Ok(0),
+            }
         }
         "power" => {
             let config = StationConfig::load(config_path)?;

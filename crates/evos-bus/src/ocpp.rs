@@ -22,6 +22,15 @@ pub trait Ocpp1 {
     /// when none).
     fn authorize(&self, evse: u32, token: &str) -> Result<(String, String), crate::Error>;
 
+    /// Send a DataTransfer to the CSMS (OCPP 1.6 §4.3; vendor extensions).
+    /// Returns the CSMS's DataTransferStatus and data; `Failed` when offline.
+    fn data_transfer(
+        &self,
+        vendor_id: &str,
+        message_id: &str,
+        data: &str,
+    ) -> Result<(String, String), crate::Error>;
+
     /// "Connected", "Connecting", "Offline".
     #[zbus(property)]
     fn connection_state(&self) -> zbus::Result<String>;

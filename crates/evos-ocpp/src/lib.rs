@@ -18,5 +18,6 @@ pub mod service;
 pub mod transport;
 pub mod v16;
 
-
-
+pub use config::Config;
+pub use service::run;
+pub use v16::station::Exit;
