@@ -1,5 +1,5 @@
 //! OCPP 1.6 Smart Charging (edition 2, §3.13) as pure domain logic: the
-//! installed charging profiles (§7.7–7.13), SetChargingProfile (§5.16),
+//! installed charging profiles (§7.8–7.14, §7.37), SetChargingProfile (§5.16),
 //! ClearChargingProfile (§5.5) and GetCompositeSchedule (§5.7), and the limit
 //! the station must enforce at a given instant.
 //!
@@ -49,7 +49,7 @@ pub enum SmartChargingError {
     Electrical(&'static str),
 }
 
-/// ChargingProfilePurposeType (§7.9).
+/// ChargingProfilePurposeType (§7.10).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Purpose {
     ChargePointMax,
@@ -57,7 +57,7 @@ pub enum Purpose {
     Tx,
 }
 
-/// ChargingProfileKindType (§7.8) with its RecurrencyKindType (§7.12).
+/// ChargingProfileKindType (§7.9) with its RecurrencyKindType (§7.37).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     Absolute,
@@ -82,7 +82,7 @@ impl Recurrency {
     }
 }
 
-/// ChargingRateUnitType (§7.10).
+/// ChargingRateUnitType (§7.12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RateUnit {
     A,
@@ -107,7 +107,7 @@ pub struct Schedule {
     pub min_rate: Option<f64>,
 }
 
-/// ChargingProfile (§7.7).
+/// ChargingProfile (§7.8).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     pub id: i32,
@@ -129,7 +129,7 @@ pub enum SetResult {
     NotSupported,
 }
 
-/// ClearChargingProfile.req (§6.13); all `None` clears everything.
+/// ClearChargingProfile.req (§5.5); all `None` clears everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClearCriteria {
     pub id: Option<i32>,
@@ -183,7 +183,7 @@ pub struct CompositePeriod {
     pub number_phases: Option<u8>,
 }
 
-/// GetCompositeSchedule.conf's chargingSchedule (§6.29 / §7.13).
+/// GetCompositeSchedule.conf's chargingSchedule (§5.7, §7.13).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Composite {
     pub start_ms: i64,
@@ -240,7 +240,7 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// §7.8 Relative: the schedule starts at the transaction start; without
+    /// §7.9 Relative: the schedule starts at the transaction start; without
     /// a transaction, at the time of the query.
     fn new(now_ms: i64, tx: Option<(i32, i64)>) -> Ctx {
         Ctx {
@@ -430,13 +430,13 @@ impl ProfileStore {
             return Err("unknown connector");
         }
         match p.purpose {
-            // §7.9: ChargePointMaxProfile only on connector 0.
+            // §7.10: ChargePointMaxProfile only on connector 0.
             Purpose::ChargePointMax if connector != 0 => {
                 return Err("ChargePointMaxProfile only on connector 0");
             }
             Purpose::Tx if connector == 0 => return Err("TxProfile not on connector 0"),
             // §5.16: a TxProfile without a transaction on the connector is
-            // discarded; §7.7: transactionId matches it to one transaction.
+            // discarded; §7.8: transactionId matches it to one transaction.
             Purpose::Tx => match (active_tx, p.transaction_id) {
                 (None, _) => return Err("TxProfile without an active transaction"),
                 (Some(active), Some(given)) if active != given => {
