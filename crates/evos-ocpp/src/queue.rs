@@ -100,6 +100,9 @@ pub enum QueueError {
     NotQueued(u64),
     #[error("transaction {tx_ref} is still referred to by queued message {seq}")]
     StillQueued { tx_ref: String, seq: u64 },
+    /// Not expected: a `serde_json::Value` always encodes.
+    #[error("encoding a record: {0}")]
+    Encode(#[source] serde_json::Error),
 }
 
 /// One journal line. Borrowed when written, owned when replayed.
@@ -145,11 +148,10 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-fn encode(record: &Record<'_>) -> Vec<u8> {
-    // A Record holds only string-keyed maps, so encoding cannot fail.
-    let mut line = serde_json::to_vec(record).unwrap_or_default();
+fn encode(record: &Record<'_>) -> Result<Vec<u8>, QueueError> {
+    let mut line = serde_json::to_vec(record).map_err(QueueError::Encode)?;
     line.push(b'\n');
-    line
+    Ok(line)
 }
 
 struct Slot {
@@ -164,6 +166,8 @@ struct State {
     slots: VecDeque<Slot>,
     bindings: BTreeMap<String, i64>,
     next_seq: u64,
+    /// Sum of the slots' `bytes`.
+    slot_bytes: u64,
 }
 
 impl State {
@@ -190,6 +194,7 @@ impl State {
                     ));
                 }
                 self.next_seq = seq.saturating_add(1);
+                self.slot_bytes += bytes;
                 self.slots.push_back(Slot {
                     entry: Entry {
                         seq,
@@ -207,7 +212,9 @@ impl State {
                 if front != Some(seq) {
                     return Err(format!("ack of message {seq}, front is {front:?}"));
                 }
-                self.slots.pop_front();
+                if let Some(slot) = self.slots.pop_front() {
+                    self.slot_bytes -= slot.bytes;
+                }
             }
             Record::Attempt { seq, n } => {
                 let i = self
@@ -219,7 +226,9 @@ impl State {
                 let i = self
                     .position(seq)
                     .ok_or_else(|| format!("discard of message {seq}, which is not queued"))?;
-                self.slots.remove(i);
+                if let Some(slot) = self.slots.remove(i) {
+                    self.slot_bytes -= slot.bytes;
+                }
             }
             Record::Bind { tx, id } => {
                 self.bindings.insert(tx.into_owned(), id);
@@ -233,12 +242,13 @@ impl State {
     }
 
     fn live_bytes(&self) -> u64 {
-        let bindings: u64 = self.bindings.keys().map(|tx| tx.len() as u64 + 48).sum();
-        self.slots.iter().map(|s| s.bytes).sum::<u64>() + bindings
+        // Bindings are few (one per session with queued messages): a rough
+        // per-line size is enough.
+        self.slot_bytes + 64 * self.bindings.len() as u64
     }
 
     /// The journal that recreates this state, for compaction.
-    fn snapshot(&self) -> Vec<u8> {
+    fn snapshot(&self) -> Result<Vec<u8>, QueueError> {
         let mut out = Vec::new();
         for slot in &self.slots {
             let e = &slot.entry;
@@ -249,18 +259,18 @@ impl State {
                 tx: e.tx_ref.as_deref().map(Cow::Borrowed),
                 t: e.queued_ms,
                 attempts: e.attempts,
-            }));
+            })?);
         }
         for (tx, id) in &self.bindings {
             out.extend(encode(&Record::Bind {
                 tx: Cow::Borrowed(tx),
                 id: *id,
-            }));
+            })?);
         }
         // Last, as pushes raise the next seq themselves; this keeps it when
         // the acknowledged tail is gone.
-        out.extend(encode(&Record::Next { seq: self.next_seq }));
-        out
+        out.extend(encode(&Record::Next { seq: self.next_seq })?);
+        Ok(out)
     }
 }
 
@@ -396,7 +406,7 @@ impl Queue {
                 path: self.path.clone(),
             });
         }
-        let line = encode(record);
+        let line = encode(record)?;
         if let Err(e) = self.file.write_all(&line) {
             // A partial line would sit before the next record and turn into
             // mid-file corruption, so cut it off.
@@ -548,7 +558,7 @@ impl Queue {
             queued_ms: entry.queued_ms,
             reason,
         };
-        line.extend(serde_json::to_vec(&audit).unwrap_or_default());
+        line.extend(serde_json::to_vec(&audit).map_err(QueueError::Encode)?);
         line.push(b'\n');
         file.write_all(&line)
             .and_then(|()| file.sync_data())
@@ -617,7 +627,7 @@ impl Queue {
                 path: self.path.clone(),
             });
         }
-        let snapshot = self.state.snapshot();
+        let snapshot = self.state.snapshot()?;
         if let Err(e) = evos_service::persist::write_atomic(&self.path, &snapshot) {
             // The rename may or may not have happened (and be durable):
             // only a replay knows which journal is current.
@@ -661,6 +671,8 @@ mod tests {
     type Live = (Vec<Entry>, BTreeMap<String, i64>, u64);
 
     fn live(q: &Queue) -> Live {
+        let sum: u64 = q.state.slots.iter().map(|s| s.bytes).sum();
+        assert_eq!(q.state.slot_bytes, sum);
         (
             q.iter().cloned().collect(),
             q.state.bindings.clone(),
