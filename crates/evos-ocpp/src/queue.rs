@@ -349,7 +349,13 @@ impl Queue {
     }
 
     fn open_with(dir: &Path, compact_min_bytes: u64) -> Result<Queue, QueueError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            // The new directory's own entry must be durable too.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
         let lock_path = dir.join(LOCK);
         let lock = OpenOptions::new()
             .create(true)
