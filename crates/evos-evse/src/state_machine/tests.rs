@@ -146,10 +146,21 @@ impl Rig {
 
     /// A service start with `active` the session persisted before.
     fn restarted(spec: Spec, active: Option<SessionRecord>) -> Self {
+        Self::restored(
+            spec,
+            Restored {
+                session: active,
+                ..Restored::default()
+            },
+        )
+    }
+
+    /// A service start with what it kept from before.
+    fn restored(spec: Spec, restored: Restored) -> Self {
         let t0 = Instant::now();
         let evse = Evse::new(
             spec,
-            active,
+            restored,
             Now {
                 mono: t0,
                 wall_ms: WALL0,
@@ -213,11 +224,43 @@ impl Rig {
         self.step(Input::Token(token.into()))
     }
 
-    fn auth(&mut self, token: &str, accepted: bool) -> Vec<Effect> {
-        self.step(Input::AuthResult {
+    /// The authorizer answers `status` and `parent` for `token`: the other
+    /// effects, and what the decision told the token's presenter (if any).
+    fn decide(
+        &mut self,
+        token: &str,
+        status: AuthStatus,
+        parent: &str,
+    ) -> (Vec<Effect>, Option<Result<AuthStatus, Refusal>>) {
+        let effects = self.step(Input::AuthResult {
             token: token.into(),
-            accepted,
-        })
+            status,
+            parent: parent.into(),
+        });
+        let mut decision = None;
+        let rest = effects
+            .into_iter()
+            .filter(|e| match e {
+                Effect::TokenDecided { token: t, outcome } => {
+                    assert_eq!(t, token, "decided for the token asked about");
+                    assert!(decision.is_none(), "decided once");
+                    decision = Some(outcome.clone());
+                    false
+                }
+                _ => true,
+            })
+            .collect();
+        (rest, decision)
+    }
+
+    /// The authorizer accepts (or not) `token`, without a parent id.
+    fn auth(&mut self, token: &str, accepted: bool) -> Vec<Effect> {
+        let status = if accepted {
+            AuthStatus::Accepted
+        } else {
+            AuthStatus::Invalid
+        };
+        self.decide(token, status, "").0
     }
 
     /// Present `token` and accept it, as the authorizer would.
