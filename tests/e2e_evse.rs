@@ -147,6 +147,22 @@ async fn stack_with_auth(auth: &str) -> Stack {
     stack
 }
 
+/// What `evos ctl --bus BUS ARGS` prints.
+async fn ctl(stack: &Stack, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_evos"))
+        .args(["ctl", "--bus", &stack.bus])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The record of the next SessionStarted signal.
 async fn next_started(started: &mut evos_bus::evse::SessionStartedStream) -> SessionRecord {
     let signal = tokio::time::timeout(DEADLINE, started.next())
@@ -194,6 +210,12 @@ async fn reservation_refuses_other_tokens_and_the_reserved_one_starts() {
         evse.cancel_reservation(8).await,
         Err(evos_bus::Error::NotFound(_))
     ));
+    let shown = ctl(&stack, &["status"]).await;
+    assert!(shown.contains("reserved #7 for RES-TOKEN"), "{shown}");
+    let rows: serde_json::Value =
+        serde_json::from_str(&ctl(&stack, &["--json", "status"]).await).unwrap();
+    assert_eq!(rows[0]["reservation"]["id"], 7);
+    assert_eq!(rows[0]["reservation"]["expiry_ms"], expiry);
 
     // It survives a crash of evse.
     stack.evse.kill().unwrap();
@@ -222,7 +244,10 @@ async fn reservation_refuses_other_tokens_and_the_reserved_one_starts() {
     assert_eq!(record.token, "res-token");
     assert_eq!(record.reservation_id, 7, "the session consumed it");
     wait_status(&evse, "Charging").await;
-    assert_eq!(wait_reservation(&evse, 0).await, (0, String::new(), String::new(), 0));
+    assert_eq!(
+        wait_reservation(&evse, 0).await,
+        (0, String::new(), String::new(), 0)
+    );
     assert!(
         !stack
             .dir

@@ -133,7 +133,11 @@ fn ocpp_answer(
             }
         },
         Ok(Err(e)) => {
-            tracing::warn!(evse, token, "the OCPP service cannot authorize ({e}): Invalid");
+            tracing::warn!(
+                evse,
+                token,
+                "the OCPP service cannot authorize ({e}): Invalid"
+            );
             Authorization::of(AuthStatus::Invalid)
         }
         Err(_) => {
@@ -194,7 +198,9 @@ mod tests {
             ocpp_answer(1, "T", ok("Maybe", "X")),
             Authorization::of(AuthStatus::Invalid)
         );
-        let absent = Err(evos_bus::Error::ZBus(zbus::Error::Failure("no ocpp".into())));
+        let absent = Err(evos_bus::Error::ZBus(zbus::Error::Failure(
+            "no ocpp".into(),
+        )));
         assert_eq!(
             ocpp_answer(1, "T", Ok(absent)),
             Authorization::of(AuthStatus::Invalid)

@@ -137,7 +137,10 @@ mod tests {
             parent: String::new(),
             ..r
         };
-        assert!(!no_parent.admits("CARD-2", ""), "an empty parent matches none");
+        assert!(
+            !no_parent.admits("CARD-2", ""),
+            "an empty parent matches none"
+        );
     }
 
     #[test]

@@ -546,7 +546,11 @@ impl Evse {
             }
             Input::CancelReservation(id) => match &self.reservation {
                 Some(held) if held.reservation.id == id => {
-                    tracing::info!(evse = self.spec.id, reservation = id, "reservation cancelled");
+                    tracing::info!(
+                        evse = self.spec.id,
+                        reservation = id,
+                        "reservation cancelled"
+                    );
                     self.drop_reservation(now, effects);
                 }
                 _ => {

@@ -1868,7 +1868,11 @@ fn only_accepted_starts_a_session() {
         rig.token("CARD-1");
         let (effects, decision) = rig.decide("CARD-1", status, "FLEET");
         assert_eq!(effects, [], "{status:?}");
-        assert_eq!(decision, Some(Ok(status)), "reported as the authorizer said");
+        assert_eq!(
+            decision,
+            Some(Ok(status)),
+            "reported as the authorizer said"
+        );
         assert_eq!(rig.evse.session(), None);
     }
 }
