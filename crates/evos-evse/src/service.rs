@@ -365,7 +365,8 @@ pub async fn run(
             machine,
             store,
             reservations,
-            authorizer: Authorizer::FreeVend,
+            // Replaced once the bus connection exists; refuses all until then.
+            authorizer: Authorizer::AllowList(Default::default()),
             requests,
             snapshot: snapshot_tx,
             last_energy,

@@ -1250,7 +1250,7 @@ impl Evse {
             // §4.9: Reserved until the reserved identity is presented, even
             // with an EV plugged in.
             State::Available | State::Occupied | State::Recovering { record: None }
-                if self.reservation.is_some() =>
+                if self.reservation.is_some() && self.operative =>
             {
                 ConnectorStatus::Reserved
             }
