@@ -650,10 +650,12 @@ class Generator:
             derives.append("Default")
         derives += ["Serialize", "Deserialize"]
         w(f"#[derive({', '.join(derives)})]")
+        w('#[serde(remote = "Self")]')
         if struct.deny_unknown:
             w("#[serde(deny_unknown_fields)]")
         if not struct.fields:
             w(f"pub struct {struct.name} {{}}\n")
+            w(f"object_only!({struct.name});\n")
             return
         w(f"pub struct {struct.name} {{")
         for field in struct.fields:
@@ -671,6 +673,7 @@ class Generator:
                 w(f"    #[serde({', '.join(attrs)})]")
             w(f"    pub {rust_name}: {rust_type},")
         w("}\n")
+        w(f"object_only!({struct.name});\n")
 
     @staticmethod
     def merged_notes(field):
@@ -689,7 +692,7 @@ class Generator:
     @staticmethod
     def render_enum(enum, out):
         w = out.append
-        w("#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]")
+        w("#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]")
         w(f"pub enum {enum.name} {{")
         for value in enum.values:
             missing = sorted(o for o, vs in enum.occurrences.items() if value not in vs)
@@ -704,6 +707,11 @@ class Generator:
         for value in enum.values:
             w(f"        Self::{variant_name(value)},")
         w("    ];\n")
+        w("    /// Every value as written on the wire, in the order of [`Self::ALL`].")
+        w("    pub const VALUES: &[&str] = &[")
+        for value in enum.values:
+            w(f'        "{value}",')
+        w("    ];\n")
         w("    /// The value as written on the wire.")
         w("    pub fn as_str(self) -> &'static str {")
         w("        match self {")
@@ -712,24 +720,7 @@ class Generator:
         w("        }")
         w("    }")
         w("}\n")
-        w(f"impl fmt::Display for {enum.name} {{")
-        w("    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {")
-        w("        f.write_str(self.as_str())")
-        w("    }")
-        w("}\n")
-        w(f"impl FromStr for {enum.name} {{")
-        w("    type Err = UnknownValue;\n")
-        w("    fn from_str(s: &str) -> Result<Self, UnknownValue> {")
-        w("        Self::ALL")
-        w("            .iter()")
-        w("            .copied()")
-        w("            .find(|v| v.as_str() == s)")
-        w("            .ok_or_else(|| UnknownValue {")
-        w(f'                kind: "{enum.name}",')
-        w("                value: s.to_owned(),")
-        w("            })")
-        w("    }")
-        w("}\n")
+        w(f"string_enum!({enum.name});\n")
 
 
 HEADER = """\
@@ -754,8 +745,9 @@ HEADER = """\
 use std::fmt;
 use std::str::FromStr;
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::wire::{CiString, DateTime};
 
@@ -767,7 +759,7 @@ pub trait Request: Serialize + DeserializeOwned {
 
 /// A string that is none of an enum's values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{value}` is not a {kind}")]
+#[error("`{value}` is not a {kind} value")]
 pub struct UnknownValue {
     pub kind: &'static str,
     pub value: String,
@@ -776,6 +768,89 @@ pub struct UnknownValue {
 /// Whether `action` is one of [`ACTIONS`].
 pub fn is_known_action(action: &str) -> bool {
     ACTIONS.contains(&action)
+}
+
+// serde's derived `Deserialize` also reads a struct from an array of its
+// fields, and an enum from `{"Value": null}`; the schemas allow neither.
+// Structs therefore derive with `remote = "Self"`, which makes `serialize`
+// and `deserialize` inherent functions, and `object_only!` implements the
+// traits with them, reading from a JSON object only. Enums are read by
+// `string_enum!`, from a string only.
+macro_rules! object_only {
+    ($name:ident) => {
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                $name::serialize(self, serializer)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Object;
+
+                impl<'de> Visitor<'de> for Object {
+                    type Value = $name;
+
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str(concat!("struct ", stringify!($name)))
+                    }
+
+                    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<$name, A::Error> {
+                        $name::deserialize(MapAccessDeserializer::new(map))
+                    }
+                }
+
+                deserializer.deserialize_map(Object)
+            }
+        }
+    };
+}
+
+/// `Display`, `FromStr` and `Deserialize` for an enum from its `ALL`,
+/// `VALUES` and `as_str`.
+macro_rules! string_enum {
+    ($name:ident) => {
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+
+            fn from_str(s: &str) -> Result<Self, UnknownValue> {
+                match Self::VALUES.iter().position(|v| *v == s) {
+                    Some(i) => Ok(Self::ALL[i]),
+                    None => Err(UnknownValue {
+                        kind: stringify!($name),
+                        value: s.to_owned(),
+                    }),
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Str;
+
+                impl Visitor<'_> for Str {
+                    type Value = $name;
+
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str(concat!("a ", stringify!($name), " string"))
+                    }
+
+                    fn visit_str<E: de::Error>(self, s: &str) -> Result<$name, E> {
+                        s.parse()
+                            .map_err(|_| E::unknown_variant(s, $name::VALUES))
+                    }
+                }
+
+                deserializer.deserialize_str(Str)
+            }
+        }
+    };
 }
 """
 

@@ -19,8 +19,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::wire::{CiString, DateTime};
 
@@ -32,7 +33,7 @@ pub trait Request: Serialize + DeserializeOwned {
 
 /// A string that is none of an enum's values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{value}` is not a {kind}")]
+#[error("`{value}` is not a {kind} value")]
 pub struct UnknownValue {
     pub kind: &'static str,
     pub value: String,
@@ -41,6 +42,88 @@ pub struct UnknownValue {
 /// Whether `action` is one of [`ACTIONS`].
 pub fn is_known_action(action: &str) -> bool {
     ACTIONS.contains(&action)
+}
+
+// serde's derived `Deserialize` also reads a struct from an array of its
+// fields, and an enum from `{"Value": null}`; the schemas allow neither.
+// Structs therefore derive with `remote = "Self"`, which makes `serialize`
+// and `deserialize` inherent functions, and `object_only!` implements the
+// traits with them, reading from a JSON object only. Enums are read by
+// `string_enum!`, from a string only.
+macro_rules! object_only {
+    ($name:ident) => {
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                $name::serialize(self, serializer)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Object;
+
+                impl<'de> Visitor<'de> for Object {
+                    type Value = $name;
+
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str(concat!("struct ", stringify!($name)))
+                    }
+
+                    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<$name, A::Error> {
+                        $name::deserialize(MapAccessDeserializer::new(map))
+                    }
+                }
+
+                deserializer.deserialize_map(Object)
+            }
+        }
+    };
+}
+
+/// `Display`, `FromStr` and `Deserialize` for an enum from its `ALL`,
+/// `VALUES` and `as_str`.
+macro_rules! string_enum {
+    ($name:ident) => {
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+
+            fn from_str(s: &str) -> Result<Self, UnknownValue> {
+                match Self::VALUES.iter().position(|v| *v == s) {
+                    Some(i) => Ok(Self::ALL[i]),
+                    None => Err(UnknownValue {
+                        kind: stringify!($name),
+                        value: s.to_owned(),
+                    }),
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Str;
+
+                impl Visitor<'_> for Str {
+                    type Value = $name;
+
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str(concat!("a ", stringify!($name), " string"))
+                    }
+
+                    fn visit_str<E: de::Error>(self, s: &str) -> Result<$name, E> {
+                        s.parse().map_err(|_| E::unknown_variant(s, $name::VALUES))
+                    }
+                }
+
+                deserializer.deserialize_str(Str)
+            }
+        }
+    };
 }
 
 /// Every action, as it appears in a CALL.
@@ -218,19 +301,25 @@ fn roundtrip_as<R: Request>(
 ///
 /// The Charge Point asks whether an idTag may start or stop charging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizeRequest {
     #[serde(rename = "idTag")]
     pub id_tag: CiString<20>,
 }
 
+object_only!(AuthorizeRequest);
+
 /// `Authorize.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizeResponse {
     #[serde(rename = "idTagInfo")]
     pub id_tag_info: IdTagInfo,
 }
+
+object_only!(AuthorizeResponse);
 
 impl Request for AuthorizeRequest {
     const ACTION: &'static str = "Authorize";
@@ -244,6 +333,7 @@ impl Request for AuthorizeRequest {
 /// The Charge Point announces itself after booting; the answer says whether it is accepted and
 /// sets the heartbeat interval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct BootNotificationRequest {
     #[serde(rename = "chargePointVendor")]
@@ -282,8 +372,11 @@ pub struct BootNotificationRequest {
     pub meter_serial_number: Option<CiString<25>>,
 }
 
+object_only!(BootNotificationRequest);
+
 /// `BootNotification.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct BootNotificationResponse {
     pub status: RegistrationStatus,
@@ -291,6 +384,8 @@ pub struct BootNotificationResponse {
     pub current_time: DateTime,
     pub interval: i32,
 }
+
+object_only!(BootNotificationResponse);
 
 impl Request for BootNotificationRequest {
     const ACTION: &'static str = "BootNotification";
@@ -303,18 +398,24 @@ impl Request for BootNotificationRequest {
 ///
 /// The Central System cancels a reservation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct CancelReservationRequest {
     #[serde(rename = "reservationId")]
     pub reservation_id: i32,
 }
 
+object_only!(CancelReservationRequest);
+
 /// `CancelReservation.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct CancelReservationResponse {
     pub status: CancelReservationStatus,
 }
+
+object_only!(CancelReservationResponse);
 
 impl Request for CancelReservationRequest {
     const ACTION: &'static str = "CancelReservation";
@@ -327,18 +428,24 @@ impl Request for CancelReservationRequest {
 ///
 /// The Central System sends the certificate chain signed from the Charge Point's CSR.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct CertificateSignedRequest {
     #[serde(rename = "certificateChain")]
     pub certificate_chain: CiString<10000>,
 }
 
+object_only!(CertificateSignedRequest);
+
 /// `CertificateSigned.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct CertificateSignedResponse {
     pub status: CertificateSignedStatus,
 }
+
+object_only!(CertificateSignedResponse);
 
 impl Request for CertificateSignedRequest {
     const ACTION: &'static str = "CertificateSigned";
@@ -352,6 +459,7 @@ impl Request for CertificateSignedRequest {
 /// The Central System makes a connector (connector 0: the whole Charge Point) operative or
 /// inoperative.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ChangeAvailabilityRequest {
     #[serde(rename = "connectorId")]
@@ -360,12 +468,17 @@ pub struct ChangeAvailabilityRequest {
     pub r#type: AvailabilityType,
 }
 
+object_only!(ChangeAvailabilityRequest);
+
 /// `ChangeAvailability.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ChangeAvailabilityResponse {
     pub status: AvailabilityStatus,
 }
+
+object_only!(ChangeAvailabilityResponse);
 
 impl Request for ChangeAvailabilityRequest {
     const ACTION: &'static str = "ChangeAvailability";
@@ -378,18 +491,24 @@ impl Request for ChangeAvailabilityRequest {
 ///
 /// The Central System sets a configuration key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ChangeConfigurationRequest {
     pub key: CiString<50>,
     pub value: CiString<500>,
 }
 
+object_only!(ChangeConfigurationRequest);
+
 /// `ChangeConfiguration.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ChangeConfigurationResponse {
     pub status: ConfigurationStatus,
 }
+
+object_only!(ChangeConfigurationResponse);
 
 impl Request for ChangeConfigurationRequest {
     const ACTION: &'static str = "ChangeConfiguration";
@@ -402,15 +521,21 @@ impl Request for ChangeConfigurationRequest {
 ///
 /// The Central System empties the Authorization Cache.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ClearCacheRequest {}
 
+object_only!(ClearCacheRequest);
+
 /// `ClearCache.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ClearCacheResponse {
     pub status: ClearCacheStatus,
 }
+
+object_only!(ClearCacheResponse);
 
 impl Request for ClearCacheRequest {
     const ACTION: &'static str = "ClearCache";
@@ -423,6 +548,7 @@ impl Request for ClearCacheRequest {
 ///
 /// The Central System removes the charging profiles that match all the given criteria.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ClearChargingProfileRequest {
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -447,12 +573,17 @@ pub struct ClearChargingProfileRequest {
     pub stack_level: Option<i32>,
 }
 
+object_only!(ClearChargingProfileRequest);
+
 /// `ClearChargingProfile.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ClearChargingProfileResponse {
     pub status: ClearChargingProfileStatus,
 }
+
+object_only!(ClearChargingProfileResponse);
 
 impl Request for ClearChargingProfileRequest {
     const ACTION: &'static str = "ClearChargingProfile";
@@ -465,6 +596,7 @@ impl Request for ClearChargingProfileRequest {
 ///
 /// Vendor-specific data, in either direction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct DataTransferRequest {
     #[serde(rename = "vendorId")]
@@ -475,14 +607,19 @@ pub struct DataTransferRequest {
     pub data: Option<String>,
 }
 
+object_only!(DataTransferRequest);
+
 /// `DataTransfer.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct DataTransferResponse {
     pub status: DataTransferStatus,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub data: Option<String>,
 }
+
+object_only!(DataTransferResponse);
 
 impl Request for DataTransferRequest {
     const ACTION: &'static str = "DataTransfer";
@@ -495,18 +632,24 @@ impl Request for DataTransferRequest {
 ///
 /// The Central System deletes an installed root certificate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct DeleteCertificateRequest {
     #[serde(rename = "certificateHashData")]
     pub certificate_hash_data: CertificateHashData,
 }
 
+object_only!(DeleteCertificateRequest);
+
 /// `DeleteCertificate.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct DeleteCertificateResponse {
     pub status: DeleteCertificateStatus,
 }
+
+object_only!(DeleteCertificateResponse);
 
 impl Request for DeleteCertificateRequest {
     const ACTION: &'static str = "DeleteCertificate";
@@ -519,15 +662,21 @@ impl Request for DeleteCertificateRequest {
 ///
 /// The Charge Point reports the progress of a diagnostics upload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct DiagnosticsStatusNotificationRequest {
     pub status: DiagnosticsStatus,
 }
 
+object_only!(DiagnosticsStatusNotificationRequest);
+
 /// `DiagnosticsStatusNotification.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct DiagnosticsStatusNotificationResponse {}
+
+object_only!(DiagnosticsStatusNotificationResponse);
 
 impl Request for DiagnosticsStatusNotificationRequest {
     const ACTION: &'static str = "DiagnosticsStatusNotification";
@@ -540,6 +689,7 @@ impl Request for DiagnosticsStatusNotificationRequest {
 ///
 /// The Central System asks for a Charge Point-initiated message, the security ones included.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ExtendedTriggerMessageRequest {
     #[serde(rename = "requestedMessage")]
@@ -552,12 +702,17 @@ pub struct ExtendedTriggerMessageRequest {
     pub connector_id: Option<i32>,
 }
 
+object_only!(ExtendedTriggerMessageRequest);
+
 /// `ExtendedTriggerMessage.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ExtendedTriggerMessageResponse {
     pub status: TriggerMessageStatus,
 }
+
+object_only!(ExtendedTriggerMessageResponse);
 
 impl Request for ExtendedTriggerMessageRequest {
     const ACTION: &'static str = "ExtendedTriggerMessage";
@@ -570,15 +725,21 @@ impl Request for ExtendedTriggerMessageRequest {
 ///
 /// The Charge Point reports the progress of a firmware update.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct FirmwareStatusNotificationRequest {
     pub status: FirmwareStatus,
 }
 
+object_only!(FirmwareStatusNotificationRequest);
+
 /// `FirmwareStatusNotification.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct FirmwareStatusNotificationResponse {}
+
+object_only!(FirmwareStatusNotificationResponse);
 
 impl Request for FirmwareStatusNotificationRequest {
     const ACTION: &'static str = "FirmwareStatusNotification";
@@ -592,6 +753,7 @@ impl Request for FirmwareStatusNotificationRequest {
 /// The Central System asks for the schedule that all charging profiles on a connector add up
 /// to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct GetCompositeScheduleRequest {
     #[serde(rename = "connectorId")]
@@ -605,8 +767,11 @@ pub struct GetCompositeScheduleRequest {
     pub charging_rate_unit: Option<ChargingRateUnitType>,
 }
 
+object_only!(GetCompositeScheduleRequest);
+
 /// `GetCompositeSchedule.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct GetCompositeScheduleResponse {
     pub status: GetCompositeScheduleStatus,
@@ -630,6 +795,8 @@ pub struct GetCompositeScheduleResponse {
     pub charging_schedule: Option<ChargingSchedule>,
 }
 
+object_only!(GetCompositeScheduleResponse);
+
 impl Request for GetCompositeScheduleRequest {
     const ACTION: &'static str = "GetCompositeSchedule";
     type Response = GetCompositeScheduleResponse;
@@ -641,14 +808,18 @@ impl Request for GetCompositeScheduleRequest {
 ///
 /// The Central System reads configuration keys (all of them when none are named).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct GetConfigurationRequest {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub key: Option<Vec<CiString<50>>>,
 }
 
+object_only!(GetConfigurationRequest);
+
 /// `GetConfiguration.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct GetConfigurationResponse {
     #[serde(
@@ -665,6 +836,8 @@ pub struct GetConfigurationResponse {
     pub unknown_key: Option<Vec<CiString<50>>>,
 }
 
+object_only!(GetConfigurationResponse);
+
 impl Request for GetConfigurationRequest {
     const ACTION: &'static str = "GetConfiguration";
     type Response = GetConfigurationResponse;
@@ -676,6 +849,7 @@ impl Request for GetConfigurationRequest {
 ///
 /// The Central System asks for diagnostics to be uploaded to a location.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct GetDiagnosticsRequest {
     /// The schema wants a URI (format `uri`); not checked here.
@@ -694,13 +868,18 @@ pub struct GetDiagnosticsRequest {
     pub stop_time: Option<DateTime>,
 }
 
+object_only!(GetDiagnosticsRequest);
+
 /// `GetDiagnostics.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct GetDiagnosticsResponse {
     #[serde(rename = "fileName", skip_serializing_if = "Option::is_none", default)]
     pub file_name: Option<CiString<255>>,
 }
+
+object_only!(GetDiagnosticsResponse);
 
 impl Request for GetDiagnosticsRequest {
     const ACTION: &'static str = "GetDiagnostics";
@@ -713,14 +892,18 @@ impl Request for GetDiagnosticsRequest {
 ///
 /// The Central System lists the installed root certificates of one kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct GetInstalledCertificateIdsRequest {
     #[serde(rename = "certificateType")]
     pub certificate_type: CertificateUse,
 }
 
+object_only!(GetInstalledCertificateIdsRequest);
+
 /// `GetInstalledCertificateIds.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct GetInstalledCertificateIdsResponse {
     /// The schema wants at least one item; not checked here.
@@ -733,6 +916,8 @@ pub struct GetInstalledCertificateIdsResponse {
     pub status: GetInstalledCertificateStatus,
 }
 
+object_only!(GetInstalledCertificateIdsResponse);
+
 impl Request for GetInstalledCertificateIdsRequest {
     const ACTION: &'static str = "GetInstalledCertificateIds";
     type Response = GetInstalledCertificateIdsResponse;
@@ -744,16 +929,22 @@ impl Request for GetInstalledCertificateIdsRequest {
 ///
 /// The Central System asks for the Local Authorization List's version.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct GetLocalListVersionRequest {}
 
+object_only!(GetLocalListVersionRequest);
+
 /// `GetLocalListVersion.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct GetLocalListVersionResponse {
     #[serde(rename = "listVersion")]
     pub list_version: i32,
 }
+
+object_only!(GetLocalListVersionResponse);
 
 impl Request for GetLocalListVersionRequest {
     const ACTION: &'static str = "GetLocalListVersion";
@@ -766,6 +957,7 @@ impl Request for GetLocalListVersionRequest {
 ///
 /// The Central System asks for a diagnostics or security log to be uploaded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct GetLogRequest {
     pub log: LogParameters,
@@ -783,14 +975,19 @@ pub struct GetLogRequest {
     pub retry_interval: Option<i32>,
 }
 
+object_only!(GetLogRequest);
+
 /// `GetLog.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct GetLogResponse {
     pub status: LogStatus,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub filename: Option<CiString<255>>,
 }
+
+object_only!(GetLogResponse);
 
 impl Request for GetLogRequest {
     const ACTION: &'static str = "GetLog";
@@ -803,16 +1000,22 @@ impl Request for GetLogRequest {
 ///
 /// The Charge Point shows it is alive; the answer carries the Central System's time.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {}
 
+object_only!(HeartbeatRequest);
+
 /// `Heartbeat.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatResponse {
     #[serde(rename = "currentTime")]
     pub current_time: DateTime,
 }
+
+object_only!(HeartbeatResponse);
 
 impl Request for HeartbeatRequest {
     const ACTION: &'static str = "Heartbeat";
@@ -825,6 +1028,7 @@ impl Request for HeartbeatRequest {
 ///
 /// The Central System installs a root certificate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct InstallCertificateRequest {
     #[serde(rename = "certificateType")]
@@ -832,12 +1036,17 @@ pub struct InstallCertificateRequest {
     pub certificate: CiString<5500>,
 }
 
+object_only!(InstallCertificateRequest);
+
 /// `InstallCertificate.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct InstallCertificateResponse {
     pub status: InstallCertificateStatus,
 }
+
+object_only!(InstallCertificateResponse);
 
 impl Request for InstallCertificateRequest {
     const ACTION: &'static str = "InstallCertificate";
@@ -850,6 +1059,7 @@ impl Request for InstallCertificateRequest {
 ///
 /// The Charge Point reports the progress of a log upload (GetLog).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct LogStatusNotificationRequest {
     pub status: UploadLogStatus,
@@ -857,10 +1067,15 @@ pub struct LogStatusNotificationRequest {
     pub request_id: Option<i32>,
 }
 
+object_only!(LogStatusNotificationRequest);
+
 /// `LogStatusNotification.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct LogStatusNotificationResponse {}
+
+object_only!(LogStatusNotificationResponse);
 
 impl Request for LogStatusNotificationRequest {
     const ACTION: &'static str = "LogStatusNotification";
@@ -873,6 +1088,7 @@ impl Request for LogStatusNotificationRequest {
 ///
 /// The Charge Point sends sampled meter values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct MeterValuesRequest {
     #[serde(rename = "connectorId")]
@@ -888,10 +1104,15 @@ pub struct MeterValuesRequest {
     pub meter_value: Vec<MeterValue>,
 }
 
+object_only!(MeterValuesRequest);
+
 /// `MeterValues.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct MeterValuesResponse {}
+
+object_only!(MeterValuesResponse);
 
 impl Request for MeterValuesRequest {
     const ACTION: &'static str = "MeterValues";
@@ -904,6 +1125,7 @@ impl Request for MeterValuesRequest {
 ///
 /// The Central System asks for a transaction to be started for an idTag.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct RemoteStartTransactionRequest {
     #[serde(
@@ -922,12 +1144,17 @@ pub struct RemoteStartTransactionRequest {
     pub charging_profile: Option<ChargingProfile>,
 }
 
+object_only!(RemoteStartTransactionRequest);
+
 /// `RemoteStartTransaction.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct RemoteStartTransactionResponse {
     pub status: RemoteStartStopStatus,
 }
+
+object_only!(RemoteStartTransactionResponse);
 
 impl Request for RemoteStartTransactionRequest {
     const ACTION: &'static str = "RemoteStartTransaction";
@@ -940,18 +1167,24 @@ impl Request for RemoteStartTransactionRequest {
 ///
 /// The Central System asks for a transaction to be stopped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct RemoteStopTransactionRequest {
     #[serde(rename = "transactionId")]
     pub transaction_id: i32,
 }
 
+object_only!(RemoteStopTransactionRequest);
+
 /// `RemoteStopTransaction.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct RemoteStopTransactionResponse {
     pub status: RemoteStartStopStatus,
 }
+
+object_only!(RemoteStopTransactionResponse);
 
 impl Request for RemoteStopTransactionRequest {
     const ACTION: &'static str = "RemoteStopTransaction";
@@ -964,6 +1197,7 @@ impl Request for RemoteStopTransactionRequest {
 ///
 /// The Central System reserves a connector for an idTag until an expiry date.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ReserveNowRequest {
     #[serde(rename = "connectorId")]
@@ -982,12 +1216,17 @@ pub struct ReserveNowRequest {
     pub reservation_id: i32,
 }
 
+object_only!(ReserveNowRequest);
+
 /// `ReserveNow.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ReserveNowResponse {
     pub status: ReservationStatus,
 }
+
+object_only!(ReserveNowResponse);
 
 impl Request for ReserveNowRequest {
     const ACTION: &'static str = "ReserveNow";
@@ -1000,18 +1239,24 @@ impl Request for ReserveNowRequest {
 ///
 /// The Central System asks for a soft or hard reset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ResetRequest {
     #[serde(rename = "type")]
     pub r#type: ResetType,
 }
 
+object_only!(ResetRequest);
+
 /// `Reset.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ResetResponse {
     pub status: ResetStatus,
 }
+
+object_only!(ResetResponse);
 
 impl Request for ResetRequest {
     const ACTION: &'static str = "Reset";
@@ -1024,6 +1269,7 @@ impl Request for ResetRequest {
 ///
 /// The Charge Point reports a security event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct SecurityEventNotificationRequest {
     #[serde(rename = "type")]
@@ -1033,10 +1279,15 @@ pub struct SecurityEventNotificationRequest {
     pub tech_info: Option<CiString<255>>,
 }
 
+object_only!(SecurityEventNotificationRequest);
+
 /// `SecurityEventNotification.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct SecurityEventNotificationResponse {}
+
+object_only!(SecurityEventNotificationResponse);
 
 impl Request for SecurityEventNotificationRequest {
     const ACTION: &'static str = "SecurityEventNotification";
@@ -1049,6 +1300,7 @@ impl Request for SecurityEventNotificationRequest {
 ///
 /// The Central System sends a full or differential Local Authorization List.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct SendLocalListRequest {
     #[serde(rename = "listVersion")]
@@ -1063,12 +1315,17 @@ pub struct SendLocalListRequest {
     pub update_type: UpdateType,
 }
 
+object_only!(SendLocalListRequest);
+
 /// `SendLocalList.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct SendLocalListResponse {
     pub status: UpdateStatus,
 }
+
+object_only!(SendLocalListResponse);
 
 impl Request for SendLocalListRequest {
     const ACTION: &'static str = "SendLocalList";
@@ -1081,6 +1338,7 @@ impl Request for SendLocalListRequest {
 ///
 /// The Central System installs a charging profile.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct SetChargingProfileRequest {
     #[serde(rename = "connectorId")]
@@ -1089,12 +1347,17 @@ pub struct SetChargingProfileRequest {
     pub cs_charging_profiles: ChargingProfile,
 }
 
+object_only!(SetChargingProfileRequest);
+
 /// `SetChargingProfile.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct SetChargingProfileResponse {
     pub status: ChargingProfileStatus,
 }
+
+object_only!(SetChargingProfileResponse);
 
 impl Request for SetChargingProfileRequest {
     const ACTION: &'static str = "SetChargingProfile";
@@ -1107,17 +1370,23 @@ impl Request for SetChargingProfileRequest {
 ///
 /// The Charge Point sends a CSR for its own certificate to be signed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct SignCertificateRequest {
     pub csr: CiString<5500>,
 }
 
+object_only!(SignCertificateRequest);
+
 /// `SignCertificate.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct SignCertificateResponse {
     pub status: GenericStatus,
 }
+
+object_only!(SignCertificateResponse);
 
 impl Request for SignCertificateRequest {
     const ACTION: &'static str = "SignCertificate";
@@ -1130,6 +1399,7 @@ impl Request for SignCertificateRequest {
 ///
 /// The Charge Point reports the progress of a signed firmware update.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct SignedFirmwareStatusNotificationRequest {
     pub status: SignedFirmwareStatus,
@@ -1137,10 +1407,15 @@ pub struct SignedFirmwareStatusNotificationRequest {
     pub request_id: Option<i32>,
 }
 
+object_only!(SignedFirmwareStatusNotificationRequest);
+
 /// `SignedFirmwareStatusNotification.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct SignedFirmwareStatusNotificationResponse {}
+
+object_only!(SignedFirmwareStatusNotificationResponse);
 
 impl Request for SignedFirmwareStatusNotificationRequest {
     const ACTION: &'static str = "SignedFirmwareStatusNotification";
@@ -1153,6 +1428,7 @@ impl Request for SignedFirmwareStatusNotificationRequest {
 ///
 /// The Central System asks for a signed firmware update.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct SignedUpdateFirmwareRequest {
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -1168,12 +1444,17 @@ pub struct SignedUpdateFirmwareRequest {
     pub firmware: Firmware,
 }
 
+object_only!(SignedUpdateFirmwareRequest);
+
 /// `SignedUpdateFirmware.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct SignedUpdateFirmwareResponse {
     pub status: UpdateFirmwareStatus,
 }
+
+object_only!(SignedUpdateFirmwareResponse);
 
 impl Request for SignedUpdateFirmwareRequest {
     const ACTION: &'static str = "SignedUpdateFirmware";
@@ -1186,6 +1467,7 @@ impl Request for SignedUpdateFirmwareRequest {
 ///
 /// The Charge Point reports that a transaction started; the answer assigns its transactionId.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct StartTransactionRequest {
     #[serde(rename = "connectorId")]
@@ -1203,8 +1485,11 @@ pub struct StartTransactionRequest {
     pub timestamp: DateTime,
 }
 
+object_only!(StartTransactionRequest);
+
 /// `StartTransaction.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct StartTransactionResponse {
     #[serde(rename = "idTagInfo")]
@@ -1212,6 +1497,8 @@ pub struct StartTransactionResponse {
     #[serde(rename = "transactionId")]
     pub transaction_id: i32,
 }
+
+object_only!(StartTransactionResponse);
 
 impl Request for StartTransactionRequest {
     const ACTION: &'static str = "StartTransaction";
@@ -1224,6 +1511,7 @@ impl Request for StartTransactionRequest {
 ///
 /// The Charge Point reports a connector's status or an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct StatusNotificationRequest {
     #[serde(rename = "connectorId")]
@@ -1245,10 +1533,15 @@ pub struct StatusNotificationRequest {
     pub vendor_error_code: Option<CiString<50>>,
 }
 
+object_only!(StatusNotificationRequest);
+
 /// `StatusNotification.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct StatusNotificationResponse {}
+
+object_only!(StatusNotificationResponse);
 
 impl Request for StatusNotificationRequest {
     const ACTION: &'static str = "StatusNotification";
@@ -1261,6 +1554,7 @@ impl Request for StatusNotificationRequest {
 ///
 /// The Charge Point reports that a transaction ended, optionally with its meter values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct StopTransactionRequest {
     #[serde(rename = "idTag", skip_serializing_if = "Option::is_none", default)]
@@ -1280,13 +1574,18 @@ pub struct StopTransactionRequest {
     pub transaction_data: Option<Vec<MeterValue>>,
 }
 
+object_only!(StopTransactionRequest);
+
 /// `StopTransaction.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct StopTransactionResponse {
     #[serde(rename = "idTagInfo", skip_serializing_if = "Option::is_none", default)]
     pub id_tag_info: Option<IdTagInfo>,
 }
+
+object_only!(StopTransactionResponse);
 
 impl Request for StopTransactionRequest {
     const ACTION: &'static str = "StopTransaction";
@@ -1299,6 +1598,7 @@ impl Request for StopTransactionRequest {
 ///
 /// The Central System asks for a Charge Point-initiated message now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct TriggerMessageRequest {
     #[serde(rename = "requestedMessage")]
@@ -1311,12 +1611,17 @@ pub struct TriggerMessageRequest {
     pub connector_id: Option<i32>,
 }
 
+object_only!(TriggerMessageRequest);
+
 /// `TriggerMessage.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct TriggerMessageResponse {
     pub status: TriggerMessageStatus,
 }
+
+object_only!(TriggerMessageResponse);
 
 impl Request for TriggerMessageRequest {
     const ACTION: &'static str = "TriggerMessage";
@@ -1329,18 +1634,24 @@ impl Request for TriggerMessageRequest {
 ///
 /// The Central System asks for a connector to be unlocked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct UnlockConnectorRequest {
     #[serde(rename = "connectorId")]
     pub connector_id: i32,
 }
 
+object_only!(UnlockConnectorRequest);
+
 /// `UnlockConnector.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct UnlockConnectorResponse {
     pub status: UnlockStatus,
 }
+
+object_only!(UnlockConnectorResponse);
 
 impl Request for UnlockConnectorRequest {
     const ACTION: &'static str = "UnlockConnector";
@@ -1353,6 +1664,7 @@ impl Request for UnlockConnectorRequest {
 ///
 /// The Central System asks for firmware to be downloaded and installed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct UpdateFirmwareRequest {
     /// The schema wants a URI (format `uri`); not checked here.
@@ -1369,10 +1681,15 @@ pub struct UpdateFirmwareRequest {
     pub retry_interval: Option<i32>,
 }
 
+object_only!(UpdateFirmwareRequest);
+
 /// `UpdateFirmware.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct UpdateFirmwareResponse {}
+
+object_only!(UpdateFirmwareResponse);
 
 impl Request for UpdateFirmwareRequest {
     const ACTION: &'static str = "UpdateFirmware";
@@ -1386,6 +1703,7 @@ impl Request for UpdateFirmwareRequest {
 ///
 /// OCPP 1.6 §7: `AuthorizationData`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizationData {
     #[serde(rename = "idTag")]
@@ -1394,10 +1712,12 @@ pub struct AuthorizationData {
     pub id_tag_info: Option<IdTagInfo>,
 }
 
+object_only!(AuthorizationData);
+
 /// Whether an idTag is allowed to charge.
 ///
 /// OCPP 1.6 §7: `AuthorizationStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum AuthorizationStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -1421,6 +1741,9 @@ impl AuthorizationStatus {
         Self::ConcurrentTx,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1433,31 +1756,12 @@ impl AuthorizationStatus {
     }
 }
 
-impl fmt::Display for AuthorizationStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for AuthorizationStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "AuthorizationStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(AuthorizationStatus);
 
 /// Answer to ChangeAvailability.
 ///
 /// OCPP 1.6 §7: `AvailabilityStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum AvailabilityStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -1471,6 +1775,9 @@ impl AvailabilityStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Accepted, Self::Rejected, Self::Scheduled];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Rejected", "Scheduled"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1481,31 +1788,12 @@ impl AvailabilityStatus {
     }
 }
 
-impl fmt::Display for AvailabilityStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for AvailabilityStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "AvailabilityStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(AvailabilityStatus);
 
 /// What ChangeAvailability asks for.
 ///
 /// OCPP 1.6 §7: `AvailabilityType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum AvailabilityType {
     #[serde(rename = "Inoperative")]
     Inoperative,
@@ -1517,6 +1805,9 @@ impl AvailabilityType {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Inoperative, Self::Operative];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Inoperative", "Operative"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1526,31 +1817,12 @@ impl AvailabilityType {
     }
 }
 
-impl fmt::Display for AvailabilityType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for AvailabilityType {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "AvailabilityType",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(AvailabilityType);
 
 /// Answer to CancelReservation.
 ///
 /// OCPP 1.6 §7: `CancelReservationStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum CancelReservationStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -1562,6 +1834,9 @@ impl CancelReservationStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Accepted, Self::Rejected];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Rejected"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1571,31 +1846,13 @@ impl CancelReservationStatus {
     }
 }
 
-impl fmt::Display for CancelReservationStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for CancelReservationStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "CancelReservationStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(CancelReservationStatus);
 
 /// Identifies a certificate: hashes of its issuer's name and key, and its serial number.
 ///
 /// Security Whitepaper ed. 2: `CertificateHashDataType`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct CertificateHashData {
     #[serde(rename = "hashAlgorithm")]
@@ -1608,10 +1865,12 @@ pub struct CertificateHashData {
     pub serial_number: CiString<40>,
 }
 
+object_only!(CertificateHashData);
+
 /// Answer to CertificateSigned.
 ///
 /// Security Whitepaper ed. 2: `CertificateSignedStatusEnumType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum CertificateSignedStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -1623,6 +1882,9 @@ impl CertificateSignedStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Accepted, Self::Rejected];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Rejected"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1632,31 +1894,12 @@ impl CertificateSignedStatus {
     }
 }
 
-impl fmt::Display for CertificateSignedStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for CertificateSignedStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "CertificateSignedStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(CertificateSignedStatus);
 
 /// Kind of root certificate.
 ///
 /// Security Whitepaper ed. 2: `CertificateUseEnumType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum CertificateUse {
     #[serde(rename = "CentralSystemRootCertificate")]
     CentralSystemRootCertificate,
@@ -1671,6 +1914,12 @@ impl CertificateUse {
         Self::ManufacturerRootCertificate,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &[
+        "CentralSystemRootCertificate",
+        "ManufacturerRootCertificate",
+    ];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1680,31 +1929,12 @@ impl CertificateUse {
     }
 }
 
-impl fmt::Display for CertificateUse {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for CertificateUse {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "CertificateUse",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(CertificateUse);
 
 /// Error reported in a StatusNotification.
 ///
 /// OCPP 1.6 §7: `ChargePointErrorCode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ChargePointErrorCode {
     #[serde(rename = "ConnectorLockFailure")]
     ConnectorLockFailure,
@@ -1761,6 +1991,26 @@ impl ChargePointErrorCode {
         Self::WeakSignal,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &[
+        "ConnectorLockFailure",
+        "EVCommunicationError",
+        "GroundFailure",
+        "HighTemperature",
+        "InternalError",
+        "LocalListConflict",
+        "NoError",
+        "OtherError",
+        "OverCurrentFailure",
+        "PowerMeterFailure",
+        "PowerSwitchFailure",
+        "ReaderFailure",
+        "ResetFailure",
+        "UnderVoltage",
+        "OverVoltage",
+        "WeakSignal",
+    ];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1784,31 +2034,12 @@ impl ChargePointErrorCode {
     }
 }
 
-impl fmt::Display for ChargePointErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ChargePointErrorCode {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "ChargePointErrorCode",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(ChargePointErrorCode);
 
 /// Status of a connector (connector 0: of the Charge Point) in a StatusNotification.
 ///
 /// OCPP 1.6 §7: `ChargePointStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ChargePointStatus {
     #[serde(rename = "Available")]
     Available,
@@ -1844,6 +2075,19 @@ impl ChargePointStatus {
         Self::Faulted,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &[
+        "Available",
+        "Preparing",
+        "Charging",
+        "SuspendedEVSE",
+        "SuspendedEV",
+        "Finishing",
+        "Reserved",
+        "Unavailable",
+        "Faulted",
+    ];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1860,31 +2104,13 @@ impl ChargePointStatus {
     }
 }
 
-impl fmt::Display for ChargePointStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ChargePointStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "ChargePointStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(ChargePointStatus);
 
 /// A schedule of limits with its purpose, stack level and validity.
 ///
 /// OCPP 1.6 §7: `ChargingProfile`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ChargingProfile {
     #[serde(rename = "chargingProfileId")]
@@ -1915,10 +2141,12 @@ pub struct ChargingProfile {
     pub charging_schedule: ChargingSchedule,
 }
 
+object_only!(ChargingProfile);
+
 /// How a profile's schedule is anchored in time.
 ///
 /// OCPP 1.6 §7: `ChargingProfileKindType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ChargingProfileKindType {
     #[serde(rename = "Absolute")]
     Absolute,
@@ -1932,6 +2160,9 @@ impl ChargingProfileKindType {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Absolute, Self::Recurring, Self::Relative];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Absolute", "Recurring", "Relative"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1942,31 +2173,12 @@ impl ChargingProfileKindType {
     }
 }
 
-impl fmt::Display for ChargingProfileKindType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ChargingProfileKindType {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "ChargingProfileKindType",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(ChargingProfileKindType);
 
 /// What a profile limits: the Charge Point, transactions by default, or one transaction.
 ///
 /// OCPP 1.6 §7: `ChargingProfilePurposeType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ChargingProfilePurposeType {
     #[serde(rename = "ChargePointMaxProfile")]
     ChargePointMaxProfile,
@@ -1984,6 +2196,9 @@ impl ChargingProfilePurposeType {
         Self::TxProfile,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["ChargePointMaxProfile", "TxDefaultProfile", "TxProfile"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1994,31 +2209,12 @@ impl ChargingProfilePurposeType {
     }
 }
 
-impl fmt::Display for ChargingProfilePurposeType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ChargingProfilePurposeType {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "ChargingProfilePurposeType",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(ChargingProfilePurposeType);
 
 /// Answer to SetChargingProfile.
 ///
 /// OCPP 1.6 §7: `ChargingProfileStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ChargingProfileStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -2032,6 +2228,9 @@ impl ChargingProfileStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Accepted, Self::Rejected, Self::NotSupported];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Rejected", "NotSupported"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2042,31 +2241,12 @@ impl ChargingProfileStatus {
     }
 }
 
-impl fmt::Display for ChargingProfileStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ChargingProfileStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "ChargingProfileStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(ChargingProfileStatus);
 
 /// Unit of a schedule's limits: amperes or watts.
 ///
 /// OCPP 1.6 §7: `ChargingRateUnitType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ChargingRateUnitType {
     #[serde(rename = "A")]
     A,
@@ -2078,6 +2258,9 @@ impl ChargingRateUnitType {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::A, Self::W];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["A", "W"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2087,31 +2270,13 @@ impl ChargingRateUnitType {
     }
 }
 
-impl fmt::Display for ChargingRateUnitType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ChargingRateUnitType {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "ChargingRateUnitType",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(ChargingRateUnitType);
 
 /// Limits over time, as periods counted from the schedule's start.
 ///
 /// OCPP 1.6 §7: `ChargingSchedule`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ChargingSchedule {
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -2135,11 +2300,14 @@ pub struct ChargingSchedule {
     pub min_charging_rate: Option<f64>,
 }
 
+object_only!(ChargingSchedule);
+
 /// One period of a schedule: its start in seconds from the schedule's start, its limit and
 /// phase count.
 ///
 /// OCPP 1.6 §7: `ChargingSchedulePeriod`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct ChargingSchedulePeriod {
     #[serde(rename = "startPeriod")]
@@ -2154,10 +2322,12 @@ pub struct ChargingSchedulePeriod {
     pub number_phases: Option<i32>,
 }
 
+object_only!(ChargingSchedulePeriod);
+
 /// Answer to ClearCache.
 ///
 /// OCPP 1.6 §7: `ClearCacheStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ClearCacheStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -2169,6 +2339,9 @@ impl ClearCacheStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Accepted, Self::Rejected];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Rejected"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2178,31 +2351,12 @@ impl ClearCacheStatus {
     }
 }
 
-impl fmt::Display for ClearCacheStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ClearCacheStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "ClearCacheStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(ClearCacheStatus);
 
 /// Answer to ClearChargingProfile.
 ///
 /// OCPP 1.6 §7: `ClearChargingProfileStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ClearChargingProfileStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -2214,6 +2368,9 @@ impl ClearChargingProfileStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Accepted, Self::Unknown];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Unknown"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2223,31 +2380,12 @@ impl ClearChargingProfileStatus {
     }
 }
 
-impl fmt::Display for ClearChargingProfileStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ClearChargingProfileStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "ClearChargingProfileStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(ClearChargingProfileStatus);
 
 /// Answer to ChangeConfiguration.
 ///
 /// OCPP 1.6 §7: `ConfigurationStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ConfigurationStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -2268,6 +2406,9 @@ impl ConfigurationStatus {
         Self::NotSupported,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Rejected", "RebootRequired", "NotSupported"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2279,31 +2420,12 @@ impl ConfigurationStatus {
     }
 }
 
-impl fmt::Display for ConfigurationStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ConfigurationStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "ConfigurationStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(ConfigurationStatus);
 
 /// Answer to DataTransfer.
 ///
 /// OCPP 1.6 §7: `DataTransferStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum DataTransferStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -2324,6 +2446,14 @@ impl DataTransferStatus {
         Self::UnknownVendorId,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &[
+        "Accepted",
+        "Rejected",
+        "UnknownMessageId",
+        "UnknownVendorId",
+    ];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2335,31 +2465,12 @@ impl DataTransferStatus {
     }
 }
 
-impl fmt::Display for DataTransferStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DataTransferStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "DataTransferStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(DataTransferStatus);
 
 /// Answer to DeleteCertificate.
 ///
 /// Security Whitepaper ed. 2: `DeleteCertificateStatusEnumType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum DeleteCertificateStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -2373,6 +2484,9 @@ impl DeleteCertificateStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Accepted, Self::Failed, Self::NotFound];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Failed", "NotFound"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2383,31 +2497,12 @@ impl DeleteCertificateStatus {
     }
 }
 
-impl fmt::Display for DeleteCertificateStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DeleteCertificateStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "DeleteCertificateStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(DeleteCertificateStatus);
 
 /// Progress of a diagnostics upload.
 ///
 /// OCPP 1.6 §7: `DiagnosticsStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum DiagnosticsStatus {
     #[serde(rename = "Idle")]
     Idle,
@@ -2428,6 +2523,9 @@ impl DiagnosticsStatus {
         Self::Uploading,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Idle", "Uploaded", "UploadFailed", "Uploading"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2439,32 +2537,13 @@ impl DiagnosticsStatus {
     }
 }
 
-impl fmt::Display for DiagnosticsStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DiagnosticsStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "DiagnosticsStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(DiagnosticsStatus);
 
 /// Messages that ExtendedTriggerMessage can ask for (named apart from 1.6's MessageTrigger,
 /// which differs).
 ///
 /// Security Whitepaper ed. 2: `MessageTriggerEnumType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ExtendedMessageTrigger {
     #[serde(rename = "BootNotification")]
     BootNotification,
@@ -2494,6 +2573,17 @@ impl ExtendedMessageTrigger {
         Self::StatusNotification,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &[
+        "BootNotification",
+        "LogStatusNotification",
+        "FirmwareStatusNotification",
+        "Heartbeat",
+        "MeterValues",
+        "SignChargePointCertificate",
+        "StatusNotification",
+    ];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2508,31 +2598,13 @@ impl ExtendedMessageTrigger {
     }
 }
 
-impl fmt::Display for ExtendedMessageTrigger {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ExtendedMessageTrigger {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "ExtendedMessageTrigger",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(ExtendedMessageTrigger);
 
 /// Where to get a signed firmware image, when to install it, and how to verify it.
 ///
 /// Security Whitepaper ed. 2: `FirmwareType`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct Firmware {
     pub location: CiString<512>,
@@ -2549,10 +2621,12 @@ pub struct Firmware {
     pub signature: CiString<800>,
 }
 
+object_only!(Firmware);
+
 /// Progress of a firmware update (UpdateFirmware).
 ///
 /// OCPP 1.6 §7: `FirmwareStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum FirmwareStatus {
     #[serde(rename = "Downloaded")]
     Downloaded,
@@ -2582,6 +2656,17 @@ impl FirmwareStatus {
         Self::Installed,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &[
+        "Downloaded",
+        "DownloadFailed",
+        "Downloading",
+        "Idle",
+        "InstallationFailed",
+        "Installing",
+        "Installed",
+    ];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2596,31 +2681,12 @@ impl FirmwareStatus {
     }
 }
 
-impl fmt::Display for FirmwareStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for FirmwareStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "FirmwareStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(FirmwareStatus);
 
 /// Answer to SignCertificate.
 ///
 /// Security Whitepaper ed. 2: `GenericStatusEnumType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum GenericStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -2632,6 +2698,9 @@ impl GenericStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Accepted, Self::Rejected];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Rejected"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2641,31 +2710,12 @@ impl GenericStatus {
     }
 }
 
-impl fmt::Display for GenericStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for GenericStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "GenericStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(GenericStatus);
 
 /// Answer to GetCompositeSchedule.
 ///
 /// OCPP 1.6 §7: `GetCompositeScheduleStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum GetCompositeScheduleStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -2677,6 +2727,9 @@ impl GetCompositeScheduleStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Accepted, Self::Rejected];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Rejected"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2686,31 +2739,12 @@ impl GetCompositeScheduleStatus {
     }
 }
 
-impl fmt::Display for GetCompositeScheduleStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for GetCompositeScheduleStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "GetCompositeScheduleStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(GetCompositeScheduleStatus);
 
 /// Answer to GetInstalledCertificateIds.
 ///
 /// Security Whitepaper ed. 2: `GetInstalledCertificateStatusEnumType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum GetInstalledCertificateStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -2722,6 +2756,9 @@ impl GetInstalledCertificateStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Accepted, Self::NotFound];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "NotFound"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2731,31 +2768,12 @@ impl GetInstalledCertificateStatus {
     }
 }
 
-impl fmt::Display for GetInstalledCertificateStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for GetInstalledCertificateStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "GetInstalledCertificateStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(GetInstalledCertificateStatus);
 
 /// Hash used in CertificateHashData.
 ///
 /// Security Whitepaper ed. 2: `HashAlgorithmEnumType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum HashAlgorithm {
     #[serde(rename = "SHA256")]
     SHA256,
@@ -2769,6 +2787,9 @@ impl HashAlgorithm {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::SHA256, Self::SHA384, Self::SHA512];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["SHA256", "SHA384", "SHA512"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2779,31 +2800,13 @@ impl HashAlgorithm {
     }
 }
 
-impl fmt::Display for HashAlgorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for HashAlgorithm {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "HashAlgorithm",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(HashAlgorithm);
 
 /// Whether an idTag is authorized, until when, and its parent (group) idTag.
 ///
 /// OCPP 1.6 §7: `IdTagInfo`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct IdTagInfo {
     #[serde(
@@ -2821,10 +2824,12 @@ pub struct IdTagInfo {
     pub status: AuthorizationStatus,
 }
 
+object_only!(IdTagInfo);
+
 /// Answer to InstallCertificate.
 ///
 /// Security Whitepaper ed. 2: `InstallCertificateStatusEnumType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum InstallCertificateStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -2838,6 +2843,9 @@ impl InstallCertificateStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Accepted, Self::Failed, Self::Rejected];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Failed", "Rejected"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2848,31 +2856,13 @@ impl InstallCertificateStatus {
     }
 }
 
-impl fmt::Display for InstallCertificateStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for InstallCertificateStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "InstallCertificateStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(InstallCertificateStatus);
 
 /// A configuration key, its value, and whether it is read-only.
 ///
 /// OCPP 1.6 §7: `KeyValue`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct KeyValue {
     pub key: CiString<50>,
@@ -2881,10 +2871,12 @@ pub struct KeyValue {
     pub value: Option<CiString<500>>,
 }
 
+object_only!(KeyValue);
+
 /// Where a sampled value was measured.
 ///
 /// OCPP 1.6 §7: `Location`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Location {
     #[serde(rename = "Cable")]
     Cable,
@@ -2902,6 +2894,9 @@ impl Location {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Cable, Self::EV, Self::Inlet, Self::Outlet, Self::Body];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Cable", "EV", "Inlet", "Outlet", "Body"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2914,31 +2909,13 @@ impl Location {
     }
 }
 
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Location {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "Location",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(Location);
 
 /// Where to upload a log, and the time span it covers.
 ///
 /// Security Whitepaper ed. 2: `LogParametersType`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct LogParameters {
     #[serde(rename = "remoteLocation")]
@@ -2957,10 +2934,12 @@ pub struct LogParameters {
     pub latest_timestamp: Option<DateTime>,
 }
 
+object_only!(LogParameters);
+
 /// Answer to GetLog.
 ///
 /// Security Whitepaper ed. 2: `LogStatusEnumType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum LogStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -2974,6 +2953,9 @@ impl LogStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Accepted, Self::Rejected, Self::AcceptedCanceled];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Rejected", "AcceptedCanceled"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -2984,31 +2966,12 @@ impl LogStatus {
     }
 }
 
-impl fmt::Display for LogStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for LogStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "LogStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(LogStatus);
 
 /// Which log GetLog asks for.
 ///
 /// Security Whitepaper ed. 2: `LogEnumType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum LogType {
     #[serde(rename = "DiagnosticsLog")]
     DiagnosticsLog,
@@ -3020,6 +2983,9 @@ impl LogType {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::DiagnosticsLog, Self::SecurityLog];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["DiagnosticsLog", "SecurityLog"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -3029,31 +2995,12 @@ impl LogType {
     }
 }
 
-impl fmt::Display for LogType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for LogType {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "LogType",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(LogType);
 
 /// What a sampled value measures.
 ///
 /// OCPP 1.6 §7: `Measurand`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Measurand {
     #[serde(rename = "Energy.Active.Export.Register")]
     EnergyActiveExportRegister,
@@ -3128,6 +3075,32 @@ impl Measurand {
         Self::RPM,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &[
+        "Energy.Active.Export.Register",
+        "Energy.Active.Import.Register",
+        "Energy.Reactive.Export.Register",
+        "Energy.Reactive.Import.Register",
+        "Energy.Active.Export.Interval",
+        "Energy.Active.Import.Interval",
+        "Energy.Reactive.Export.Interval",
+        "Energy.Reactive.Import.Interval",
+        "Power.Active.Export",
+        "Power.Active.Import",
+        "Power.Offered",
+        "Power.Reactive.Export",
+        "Power.Reactive.Import",
+        "Power.Factor",
+        "Current.Import",
+        "Current.Export",
+        "Current.Offered",
+        "Voltage",
+        "Frequency",
+        "Temperature",
+        "SoC",
+        "RPM",
+    ];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -3157,31 +3130,12 @@ impl Measurand {
     }
 }
 
-impl fmt::Display for Measurand {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Measurand {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "Measurand",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(Measurand);
 
 /// Messages that TriggerMessage can ask for.
 ///
 /// OCPP 1.6 §7: `MessageTrigger`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum MessageTrigger {
     #[serde(rename = "BootNotification")]
     BootNotification,
@@ -3208,6 +3162,16 @@ impl MessageTrigger {
         Self::StatusNotification,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &[
+        "BootNotification",
+        "DiagnosticsStatusNotification",
+        "FirmwareStatusNotification",
+        "Heartbeat",
+        "MeterValues",
+        "StatusNotification",
+    ];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -3221,31 +3185,13 @@ impl MessageTrigger {
     }
 }
 
-impl fmt::Display for MessageTrigger {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for MessageTrigger {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "MessageTrigger",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(MessageTrigger);
 
 /// Sampled values taken at one moment.
 ///
 /// OCPP 1.6 §7: `MeterValue`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct MeterValue {
     pub timestamp: DateTime,
@@ -3254,10 +3200,12 @@ pub struct MeterValue {
     pub sampled_value: Vec<SampledValue>,
 }
 
+object_only!(MeterValue);
+
 /// Phase, or pair of phases, a sampled value applies to.
 ///
 /// OCPP 1.6 §7: `Phase`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Phase {
     #[serde(rename = "L1")]
     L1,
@@ -3296,6 +3244,11 @@ impl Phase {
         Self::L3L1,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &[
+        "L1", "L2", "L3", "N", "L1-N", "L2-N", "L3-N", "L1-L2", "L2-L3", "L3-L1",
+    ];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -3313,31 +3266,12 @@ impl Phase {
     }
 }
 
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Phase {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "Phase",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(Phase);
 
 /// Why a sampled value was taken.
 ///
 /// OCPP 1.6 §7: `ReadingContext`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ReadingContext {
     #[serde(rename = "Interruption.Begin")]
     InterruptionBegin,
@@ -3370,6 +3304,18 @@ impl ReadingContext {
         Self::Other,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &[
+        "Interruption.Begin",
+        "Interruption.End",
+        "Sample.Clock",
+        "Sample.Periodic",
+        "Transaction.Begin",
+        "Transaction.End",
+        "Trigger",
+        "Other",
+    ];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -3385,31 +3331,12 @@ impl ReadingContext {
     }
 }
 
-impl fmt::Display for ReadingContext {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ReadingContext {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "ReadingContext",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(ReadingContext);
 
 /// Why a transaction stopped.
 ///
 /// OCPP 1.6 §7: `Reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Reason {
     #[serde(rename = "EmergencyStop")]
     EmergencyStop,
@@ -3451,6 +3378,21 @@ impl Reason {
         Self::DeAuthorized,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &[
+        "EmergencyStop",
+        "EVDisconnected",
+        "HardReset",
+        "Local",
+        "Other",
+        "PowerLoss",
+        "Reboot",
+        "Remote",
+        "SoftReset",
+        "UnlockCommand",
+        "DeAuthorized",
+    ];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -3469,31 +3411,12 @@ impl Reason {
     }
 }
 
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Reason {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "Reason",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(Reason);
 
 /// After which period a recurring profile repeats.
 ///
 /// OCPP 1.6 §7: `RecurrencyKindType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum RecurrencyKindType {
     #[serde(rename = "Daily")]
     Daily,
@@ -3505,6 +3428,9 @@ impl RecurrencyKindType {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Daily, Self::Weekly];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Daily", "Weekly"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -3514,31 +3440,12 @@ impl RecurrencyKindType {
     }
 }
 
-impl fmt::Display for RecurrencyKindType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RecurrencyKindType {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "RecurrencyKindType",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(RecurrencyKindType);
 
 /// Answer to BootNotification.
 ///
 /// OCPP 1.6 §7: `RegistrationStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum RegistrationStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -3552,6 +3459,9 @@ impl RegistrationStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Accepted, Self::Pending, Self::Rejected];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Pending", "Rejected"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -3562,31 +3472,12 @@ impl RegistrationStatus {
     }
 }
 
-impl fmt::Display for RegistrationStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RegistrationStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "RegistrationStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(RegistrationStatus);
 
 /// Answer to RemoteStartTransaction and RemoteStopTransaction.
 ///
 /// OCPP 1.6 §7: `RemoteStartStopStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum RemoteStartStopStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -3598,6 +3489,9 @@ impl RemoteStartStopStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Accepted, Self::Rejected];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Rejected"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -3607,31 +3501,12 @@ impl RemoteStartStopStatus {
     }
 }
 
-impl fmt::Display for RemoteStartStopStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RemoteStartStopStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "RemoteStartStopStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(RemoteStartStopStatus);
 
 /// Answer to ReserveNow.
 ///
 /// OCPP 1.6 §7: `ReservationStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ReservationStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -3655,6 +3530,9 @@ impl ReservationStatus {
         Self::Unavailable,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Faulted", "Occupied", "Rejected", "Unavailable"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -3667,31 +3545,12 @@ impl ReservationStatus {
     }
 }
 
-impl fmt::Display for ReservationStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ReservationStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "ReservationStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(ReservationStatus);
 
 /// Answer to Reset.
 ///
 /// OCPP 1.6 §7: `ResetStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ResetStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -3703,6 +3562,9 @@ impl ResetStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Accepted, Self::Rejected];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Rejected"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -3712,31 +3574,12 @@ impl ResetStatus {
     }
 }
 
-impl fmt::Display for ResetStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ResetStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "ResetStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(ResetStatus);
 
 /// Soft or hard reset.
 ///
 /// OCPP 1.6 §7: `ResetType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ResetType {
     #[serde(rename = "Hard")]
     Hard,
@@ -3748,6 +3591,9 @@ impl ResetType {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Hard, Self::Soft];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Hard", "Soft"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -3757,31 +3603,13 @@ impl ResetType {
     }
 }
 
-impl fmt::Display for ResetType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ResetType {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "ResetType",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(ResetType);
 
 /// One measured value (as a string) with its measurand, phase, location, unit and context.
 ///
 /// OCPP 1.6 §7: `SampledValue`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 #[serde(deny_unknown_fields)]
 pub struct SampledValue {
     pub value: String,
@@ -3799,10 +3627,12 @@ pub struct SampledValue {
     pub unit: Option<UnitOfMeasure>,
 }
 
+object_only!(SampledValue);
+
 /// Progress of a signed firmware update (named apart from 1.6's FirmwareStatus, which differs).
 ///
 /// Security Whitepaper ed. 2: `FirmwareStatusEnumType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum SignedFirmwareStatus {
     #[serde(rename = "Downloaded")]
     Downloaded,
@@ -3853,6 +3683,24 @@ impl SignedFirmwareStatus {
         Self::SignatureVerified,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &[
+        "Downloaded",
+        "DownloadFailed",
+        "Downloading",
+        "DownloadScheduled",
+        "DownloadPaused",
+        "Idle",
+        "InstallationFailed",
+        "Installing",
+        "Installed",
+        "InstallRebooting",
+        "InstallScheduled",
+        "InstallVerificationFailed",
+        "InvalidSignature",
+        "SignatureVerified",
+    ];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -3874,32 +3722,13 @@ impl SignedFirmwareStatus {
     }
 }
 
-impl fmt::Display for SignedFirmwareStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for SignedFirmwareStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "SignedFirmwareStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(SignedFirmwareStatus);
 
 /// Answer to TriggerMessage and ExtendedTriggerMessage (the whitepaper's
 /// TriggerMessageStatusEnumType has the same values).
 ///
 /// OCPP 1.6 §7: `TriggerMessageStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum TriggerMessageStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -3913,6 +3742,9 @@ impl TriggerMessageStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Accepted, Self::Rejected, Self::NotImplemented];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Rejected", "NotImplemented"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -3923,31 +3755,12 @@ impl TriggerMessageStatus {
     }
 }
 
-impl fmt::Display for TriggerMessageStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for TriggerMessageStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "TriggerMessageStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(TriggerMessageStatus);
 
 /// Unit of a sampled value. `Celcius` is the schemas' own misspelling, kept beside `Celsius`.
 ///
 /// OCPP 1.6 §7: `UnitOfMeasure`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum UnitOfMeasure {
     #[serde(rename = "Wh")]
     Wh,
@@ -4011,6 +3824,28 @@ impl UnitOfMeasure {
         Self::Hertz,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &[
+        "Wh",
+        "kWh",
+        "varh",
+        "kvarh",
+        "W",
+        "kW",
+        "VA",
+        "kVA",
+        "var",
+        "kvar",
+        "A",
+        "V",
+        "K",
+        "Celcius",
+        "Celsius",
+        "Fahrenheit",
+        "Percent",
+        "Hertz",
+    ];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -4036,31 +3871,12 @@ impl UnitOfMeasure {
     }
 }
 
-impl fmt::Display for UnitOfMeasure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for UnitOfMeasure {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "UnitOfMeasure",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(UnitOfMeasure);
 
 /// Answer to UnlockConnector.
 ///
 /// OCPP 1.6 §7: `UnlockStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum UnlockStatus {
     #[serde(rename = "Unlocked")]
     Unlocked,
@@ -4074,6 +3890,9 @@ impl UnlockStatus {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Unlocked, Self::UnlockFailed, Self::NotSupported];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Unlocked", "UnlockFailed", "NotSupported"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -4084,31 +3903,12 @@ impl UnlockStatus {
     }
 }
 
-impl fmt::Display for UnlockStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for UnlockStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "UnlockStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(UnlockStatus);
 
 /// Answer to SignedUpdateFirmware.
 ///
 /// Security Whitepaper ed. 2: `UpdateFirmwareStatusEnumType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum UpdateFirmwareStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -4132,6 +3932,15 @@ impl UpdateFirmwareStatus {
         Self::RevokedCertificate,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &[
+        "Accepted",
+        "Rejected",
+        "AcceptedCanceled",
+        "InvalidCertificate",
+        "RevokedCertificate",
+    ];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -4144,31 +3953,12 @@ impl UpdateFirmwareStatus {
     }
 }
 
-impl fmt::Display for UpdateFirmwareStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for UpdateFirmwareStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "UpdateFirmwareStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(UpdateFirmwareStatus);
 
 /// Answer to SendLocalList.
 ///
 /// OCPP 1.6 §7: `UpdateStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum UpdateStatus {
     #[serde(rename = "Accepted")]
     Accepted,
@@ -4189,6 +3979,9 @@ impl UpdateStatus {
         Self::VersionMismatch,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Accepted", "Failed", "NotSupported", "VersionMismatch"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -4200,31 +3993,12 @@ impl UpdateStatus {
     }
 }
 
-impl fmt::Display for UpdateStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for UpdateStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "UpdateStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(UpdateStatus);
 
 /// Whether SendLocalList replaces the list or changes it.
 ///
 /// OCPP 1.6 §7: `UpdateType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum UpdateType {
     #[serde(rename = "Differential")]
     Differential,
@@ -4236,6 +4010,9 @@ impl UpdateType {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Differential, Self::Full];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Differential", "Full"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -4245,31 +4022,12 @@ impl UpdateType {
     }
 }
 
-impl fmt::Display for UpdateType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for UpdateType {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "UpdateType",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(UpdateType);
 
 /// Progress of a log upload.
 ///
 /// Security Whitepaper ed. 2: `UploadLogStatusEnumType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum UploadLogStatus {
     #[serde(rename = "BadMessage")]
     BadMessage,
@@ -4299,6 +4057,17 @@ impl UploadLogStatus {
         Self::Uploading,
     ];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &[
+        "BadMessage",
+        "Idle",
+        "NotSupportedOperation",
+        "PermissionDenied",
+        "Uploaded",
+        "UploadFailure",
+        "Uploading",
+    ];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -4313,31 +4082,12 @@ impl UploadLogStatus {
     }
 }
 
-impl fmt::Display for UploadLogStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for UploadLogStatus {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "UploadLogStatus",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(UploadLogStatus);
 
 /// Plain value, or signed data.
 ///
 /// OCPP 1.6 §7: `ValueFormat`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum ValueFormat {
     #[serde(rename = "Raw")]
     Raw,
@@ -4349,6 +4099,9 @@ impl ValueFormat {
     /// Every value, in the schema's order.
     pub const ALL: &[Self] = &[Self::Raw, Self::SignedData];
 
+    /// Every value as written on the wire, in the order of [`Self::ALL`].
+    pub const VALUES: &[&str] = &["Raw", "SignedData"];
+
     /// The value as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -4358,23 +4111,4 @@ impl ValueFormat {
     }
 }
 
-impl fmt::Display for ValueFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ValueFormat {
-    type Err = UnknownValue;
-
-    fn from_str(s: &str) -> Result<Self, UnknownValue> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownValue {
-                kind: "ValueFormat",
-                value: s.to_owned(),
-            })
-    }
-}
+string_enum!(ValueFormat);
