@@ -650,9 +650,10 @@ class Generator:
             derives.append("Default")
         derives += ["Serialize", "Deserialize"]
         w(f"#[derive({', '.join(derives)})]")
-        w('#[serde(remote = "Self")]')
         if struct.deny_unknown:
-            w("#[serde(deny_unknown_fields)]")
+            w('#[serde(remote = "Self", deny_unknown_fields)]')
+        else:
+            w('#[serde(remote = "Self")]')
         if not struct.fields:
             w(f"pub struct {struct.name} {{}}\n")
             w(f"object_only!({struct.name});\n")
@@ -774,8 +775,10 @@ pub fn is_known_action(action: &str) -> bool {
 // fields, and an enum from `{"Value": null}`; the schemas allow neither.
 // Structs therefore derive with `remote = "Self"`, which makes `serialize`
 // and `deserialize` inherent functions, and `object_only!` implements the
-// traits with them, reading from a JSON object only. Enums are read by
-// `string_enum!`, from a string only.
+// traits with them, reading from a JSON object only. (So `X::deserialize`
+// names the lenient inherent function; go through serde_json or
+// `Deserialize::deserialize`.) Enums are read by `string_enum!`, from a
+// string only.
 macro_rules! object_only {
     ($name:ident) => {
         impl Serialize for $name {

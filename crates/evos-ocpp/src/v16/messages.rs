@@ -48,8 +48,10 @@ pub fn is_known_action(action: &str) -> bool {
 // fields, and an enum from `{"Value": null}`; the schemas allow neither.
 // Structs therefore derive with `remote = "Self"`, which makes `serialize`
 // and `deserialize` inherent functions, and `object_only!` implements the
-// traits with them, reading from a JSON object only. Enums are read by
-// `string_enum!`, from a string only.
+// traits with them, reading from a JSON object only. (So `X::deserialize`
+// names the lenient inherent function; go through serde_json or
+// `Deserialize::deserialize`.) Enums are read by `string_enum!`, from a
+// string only.
 macro_rules! object_only {
     ($name:ident) => {
         impl Serialize for $name {
@@ -301,8 +303,7 @@ fn roundtrip_as<R: Request>(
 ///
 /// The Charge Point asks whether an idTag may start or stop charging.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct AuthorizeRequest {
     #[serde(rename = "idTag")]
     pub id_tag: CiString<20>,
@@ -312,8 +313,7 @@ object_only!(AuthorizeRequest);
 
 /// `Authorize.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct AuthorizeResponse {
     #[serde(rename = "idTagInfo")]
     pub id_tag_info: IdTagInfo,
@@ -333,8 +333,7 @@ impl Request for AuthorizeRequest {
 /// The Charge Point announces itself after booting; the answer says whether it is accepted and
 /// sets the heartbeat interval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct BootNotificationRequest {
     #[serde(rename = "chargePointVendor")]
     pub charge_point_vendor: CiString<20>,
@@ -376,8 +375,7 @@ object_only!(BootNotificationRequest);
 
 /// `BootNotification.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct BootNotificationResponse {
     pub status: RegistrationStatus,
     #[serde(rename = "currentTime")]
@@ -398,8 +396,7 @@ impl Request for BootNotificationRequest {
 ///
 /// The Central System cancels a reservation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct CancelReservationRequest {
     #[serde(rename = "reservationId")]
     pub reservation_id: i32,
@@ -409,8 +406,7 @@ object_only!(CancelReservationRequest);
 
 /// `CancelReservation.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct CancelReservationResponse {
     pub status: CancelReservationStatus,
 }
@@ -428,8 +424,7 @@ impl Request for CancelReservationRequest {
 ///
 /// The Central System sends the certificate chain signed from the Charge Point's CSR.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct CertificateSignedRequest {
     #[serde(rename = "certificateChain")]
     pub certificate_chain: CiString<10000>,
@@ -439,8 +434,7 @@ object_only!(CertificateSignedRequest);
 
 /// `CertificateSigned.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct CertificateSignedResponse {
     pub status: CertificateSignedStatus,
 }
@@ -459,8 +453,7 @@ impl Request for CertificateSignedRequest {
 /// The Central System makes a connector (connector 0: the whole Charge Point) operative or
 /// inoperative.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ChangeAvailabilityRequest {
     #[serde(rename = "connectorId")]
     pub connector_id: i32,
@@ -472,8 +465,7 @@ object_only!(ChangeAvailabilityRequest);
 
 /// `ChangeAvailability.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ChangeAvailabilityResponse {
     pub status: AvailabilityStatus,
 }
@@ -491,8 +483,7 @@ impl Request for ChangeAvailabilityRequest {
 ///
 /// The Central System sets a configuration key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ChangeConfigurationRequest {
     pub key: CiString<50>,
     pub value: CiString<500>,
@@ -502,8 +493,7 @@ object_only!(ChangeConfigurationRequest);
 
 /// `ChangeConfiguration.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ChangeConfigurationResponse {
     pub status: ConfigurationStatus,
 }
@@ -521,16 +511,14 @@ impl Request for ChangeConfigurationRequest {
 ///
 /// The Central System empties the Authorization Cache.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ClearCacheRequest {}
 
 object_only!(ClearCacheRequest);
 
 /// `ClearCache.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ClearCacheResponse {
     pub status: ClearCacheStatus,
 }
@@ -548,8 +536,7 @@ impl Request for ClearCacheRequest {
 ///
 /// The Central System removes the charging profiles that match all the given criteria.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ClearChargingProfileRequest {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub id: Option<i32>,
@@ -577,8 +564,7 @@ object_only!(ClearChargingProfileRequest);
 
 /// `ClearChargingProfile.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ClearChargingProfileResponse {
     pub status: ClearChargingProfileStatus,
 }
@@ -596,8 +582,7 @@ impl Request for ClearChargingProfileRequest {
 ///
 /// Vendor-specific data, in either direction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct DataTransferRequest {
     #[serde(rename = "vendorId")]
     pub vendor_id: CiString<255>,
@@ -611,8 +596,7 @@ object_only!(DataTransferRequest);
 
 /// `DataTransfer.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct DataTransferResponse {
     pub status: DataTransferStatus,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -632,8 +616,7 @@ impl Request for DataTransferRequest {
 ///
 /// The Central System deletes an installed root certificate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct DeleteCertificateRequest {
     #[serde(rename = "certificateHashData")]
     pub certificate_hash_data: CertificateHashData,
@@ -643,8 +626,7 @@ object_only!(DeleteCertificateRequest);
 
 /// `DeleteCertificate.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct DeleteCertificateResponse {
     pub status: DeleteCertificateStatus,
 }
@@ -662,8 +644,7 @@ impl Request for DeleteCertificateRequest {
 ///
 /// The Charge Point reports the progress of a diagnostics upload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct DiagnosticsStatusNotificationRequest {
     pub status: DiagnosticsStatus,
 }
@@ -672,8 +653,7 @@ object_only!(DiagnosticsStatusNotificationRequest);
 
 /// `DiagnosticsStatusNotification.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct DiagnosticsStatusNotificationResponse {}
 
 object_only!(DiagnosticsStatusNotificationResponse);
@@ -689,8 +669,7 @@ impl Request for DiagnosticsStatusNotificationRequest {
 ///
 /// The Central System asks for a Charge Point-initiated message, the security ones included.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ExtendedTriggerMessageRequest {
     #[serde(rename = "requestedMessage")]
     pub requested_message: ExtendedMessageTrigger,
@@ -706,8 +685,7 @@ object_only!(ExtendedTriggerMessageRequest);
 
 /// `ExtendedTriggerMessage.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ExtendedTriggerMessageResponse {
     pub status: TriggerMessageStatus,
 }
@@ -725,8 +703,7 @@ impl Request for ExtendedTriggerMessageRequest {
 ///
 /// The Charge Point reports the progress of a firmware update.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct FirmwareStatusNotificationRequest {
     pub status: FirmwareStatus,
 }
@@ -735,8 +712,7 @@ object_only!(FirmwareStatusNotificationRequest);
 
 /// `FirmwareStatusNotification.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct FirmwareStatusNotificationResponse {}
 
 object_only!(FirmwareStatusNotificationResponse);
@@ -753,8 +729,7 @@ impl Request for FirmwareStatusNotificationRequest {
 /// The Central System asks for the schedule that all charging profiles on a connector add up
 /// to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct GetCompositeScheduleRequest {
     #[serde(rename = "connectorId")]
     pub connector_id: i32,
@@ -771,8 +746,7 @@ object_only!(GetCompositeScheduleRequest);
 
 /// `GetCompositeSchedule.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct GetCompositeScheduleResponse {
     pub status: GetCompositeScheduleStatus,
     #[serde(
@@ -808,8 +782,7 @@ impl Request for GetCompositeScheduleRequest {
 ///
 /// The Central System reads configuration keys (all of them when none are named).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct GetConfigurationRequest {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub key: Option<Vec<CiString<50>>>,
@@ -819,8 +792,7 @@ object_only!(GetConfigurationRequest);
 
 /// `GetConfiguration.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct GetConfigurationResponse {
     #[serde(
         rename = "configurationKey",
@@ -849,8 +821,7 @@ impl Request for GetConfigurationRequest {
 ///
 /// The Central System asks for diagnostics to be uploaded to a location.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct GetDiagnosticsRequest {
     /// The schema wants a URI (format `uri`); not checked here.
     pub location: String,
@@ -872,8 +843,7 @@ object_only!(GetDiagnosticsRequest);
 
 /// `GetDiagnostics.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct GetDiagnosticsResponse {
     #[serde(rename = "fileName", skip_serializing_if = "Option::is_none", default)]
     pub file_name: Option<CiString<255>>,
@@ -892,8 +862,7 @@ impl Request for GetDiagnosticsRequest {
 ///
 /// The Central System lists the installed root certificates of one kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct GetInstalledCertificateIdsRequest {
     #[serde(rename = "certificateType")]
     pub certificate_type: CertificateUse,
@@ -903,8 +872,7 @@ object_only!(GetInstalledCertificateIdsRequest);
 
 /// `GetInstalledCertificateIds.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct GetInstalledCertificateIdsResponse {
     /// The schema wants at least one item; not checked here.
     #[serde(
@@ -929,16 +897,14 @@ impl Request for GetInstalledCertificateIdsRequest {
 ///
 /// The Central System asks for the Local Authorization List's version.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct GetLocalListVersionRequest {}
 
 object_only!(GetLocalListVersionRequest);
 
 /// `GetLocalListVersion.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct GetLocalListVersionResponse {
     #[serde(rename = "listVersion")]
     pub list_version: i32,
@@ -957,8 +923,7 @@ impl Request for GetLocalListVersionRequest {
 ///
 /// The Central System asks for a diagnostics or security log to be uploaded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct GetLogRequest {
     pub log: LogParameters,
     #[serde(rename = "logType")]
@@ -979,8 +944,7 @@ object_only!(GetLogRequest);
 
 /// `GetLog.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct GetLogResponse {
     pub status: LogStatus,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -1000,16 +964,14 @@ impl Request for GetLogRequest {
 ///
 /// The Charge Point shows it is alive; the answer carries the Central System's time.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct HeartbeatRequest {}
 
 object_only!(HeartbeatRequest);
 
 /// `Heartbeat.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct HeartbeatResponse {
     #[serde(rename = "currentTime")]
     pub current_time: DateTime,
@@ -1028,8 +990,7 @@ impl Request for HeartbeatRequest {
 ///
 /// The Central System installs a root certificate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct InstallCertificateRequest {
     #[serde(rename = "certificateType")]
     pub certificate_type: CertificateUse,
@@ -1040,8 +1001,7 @@ object_only!(InstallCertificateRequest);
 
 /// `InstallCertificate.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct InstallCertificateResponse {
     pub status: InstallCertificateStatus,
 }
@@ -1059,8 +1019,7 @@ impl Request for InstallCertificateRequest {
 ///
 /// The Charge Point reports the progress of a log upload (GetLog).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct LogStatusNotificationRequest {
     pub status: UploadLogStatus,
     #[serde(rename = "requestId", skip_serializing_if = "Option::is_none", default)]
@@ -1071,8 +1030,7 @@ object_only!(LogStatusNotificationRequest);
 
 /// `LogStatusNotification.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct LogStatusNotificationResponse {}
 
 object_only!(LogStatusNotificationResponse);
@@ -1088,8 +1046,7 @@ impl Request for LogStatusNotificationRequest {
 ///
 /// The Charge Point sends sampled meter values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct MeterValuesRequest {
     #[serde(rename = "connectorId")]
     pub connector_id: i32,
@@ -1108,8 +1065,7 @@ object_only!(MeterValuesRequest);
 
 /// `MeterValues.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct MeterValuesResponse {}
 
 object_only!(MeterValuesResponse);
@@ -1125,8 +1081,7 @@ impl Request for MeterValuesRequest {
 ///
 /// The Central System asks for a transaction to be started for an idTag.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct RemoteStartTransactionRequest {
     #[serde(
         rename = "connectorId",
@@ -1148,8 +1103,7 @@ object_only!(RemoteStartTransactionRequest);
 
 /// `RemoteStartTransaction.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct RemoteStartTransactionResponse {
     pub status: RemoteStartStopStatus,
 }
@@ -1167,8 +1121,7 @@ impl Request for RemoteStartTransactionRequest {
 ///
 /// The Central System asks for a transaction to be stopped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct RemoteStopTransactionRequest {
     #[serde(rename = "transactionId")]
     pub transaction_id: i32,
@@ -1178,8 +1131,7 @@ object_only!(RemoteStopTransactionRequest);
 
 /// `RemoteStopTransaction.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct RemoteStopTransactionResponse {
     pub status: RemoteStartStopStatus,
 }
@@ -1197,8 +1149,7 @@ impl Request for RemoteStopTransactionRequest {
 ///
 /// The Central System reserves a connector for an idTag until an expiry date.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ReserveNowRequest {
     #[serde(rename = "connectorId")]
     pub connector_id: i32,
@@ -1220,8 +1171,7 @@ object_only!(ReserveNowRequest);
 
 /// `ReserveNow.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ReserveNowResponse {
     pub status: ReservationStatus,
 }
@@ -1239,8 +1189,7 @@ impl Request for ReserveNowRequest {
 ///
 /// The Central System asks for a soft or hard reset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ResetRequest {
     #[serde(rename = "type")]
     pub r#type: ResetType,
@@ -1250,8 +1199,7 @@ object_only!(ResetRequest);
 
 /// `Reset.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ResetResponse {
     pub status: ResetStatus,
 }
@@ -1269,8 +1217,7 @@ impl Request for ResetRequest {
 ///
 /// The Charge Point reports a security event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct SecurityEventNotificationRequest {
     #[serde(rename = "type")]
     pub r#type: CiString<50>,
@@ -1283,8 +1230,7 @@ object_only!(SecurityEventNotificationRequest);
 
 /// `SecurityEventNotification.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct SecurityEventNotificationResponse {}
 
 object_only!(SecurityEventNotificationResponse);
@@ -1300,8 +1246,7 @@ impl Request for SecurityEventNotificationRequest {
 ///
 /// The Central System sends a full or differential Local Authorization List.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct SendLocalListRequest {
     #[serde(rename = "listVersion")]
     pub list_version: i32,
@@ -1319,8 +1264,7 @@ object_only!(SendLocalListRequest);
 
 /// `SendLocalList.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct SendLocalListResponse {
     pub status: UpdateStatus,
 }
@@ -1338,8 +1282,7 @@ impl Request for SendLocalListRequest {
 ///
 /// The Central System installs a charging profile.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct SetChargingProfileRequest {
     #[serde(rename = "connectorId")]
     pub connector_id: i32,
@@ -1351,8 +1294,7 @@ object_only!(SetChargingProfileRequest);
 
 /// `SetChargingProfile.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct SetChargingProfileResponse {
     pub status: ChargingProfileStatus,
 }
@@ -1370,8 +1312,7 @@ impl Request for SetChargingProfileRequest {
 ///
 /// The Charge Point sends a CSR for its own certificate to be signed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct SignCertificateRequest {
     pub csr: CiString<5500>,
 }
@@ -1380,8 +1321,7 @@ object_only!(SignCertificateRequest);
 
 /// `SignCertificate.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct SignCertificateResponse {
     pub status: GenericStatus,
 }
@@ -1399,8 +1339,7 @@ impl Request for SignCertificateRequest {
 ///
 /// The Charge Point reports the progress of a signed firmware update.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct SignedFirmwareStatusNotificationRequest {
     pub status: SignedFirmwareStatus,
     #[serde(rename = "requestId", skip_serializing_if = "Option::is_none", default)]
@@ -1411,8 +1350,7 @@ object_only!(SignedFirmwareStatusNotificationRequest);
 
 /// `SignedFirmwareStatusNotification.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct SignedFirmwareStatusNotificationResponse {}
 
 object_only!(SignedFirmwareStatusNotificationResponse);
@@ -1428,8 +1366,7 @@ impl Request for SignedFirmwareStatusNotificationRequest {
 ///
 /// The Central System asks for a signed firmware update.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct SignedUpdateFirmwareRequest {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub retries: Option<i32>,
@@ -1448,8 +1385,7 @@ object_only!(SignedUpdateFirmwareRequest);
 
 /// `SignedUpdateFirmware.conf` (Security Whitepaper ed. 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct SignedUpdateFirmwareResponse {
     pub status: UpdateFirmwareStatus,
 }
@@ -1467,8 +1403,7 @@ impl Request for SignedUpdateFirmwareRequest {
 ///
 /// The Charge Point reports that a transaction started; the answer assigns its transactionId.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct StartTransactionRequest {
     #[serde(rename = "connectorId")]
     pub connector_id: i32,
@@ -1489,8 +1424,7 @@ object_only!(StartTransactionRequest);
 
 /// `StartTransaction.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct StartTransactionResponse {
     #[serde(rename = "idTagInfo")]
     pub id_tag_info: IdTagInfo,
@@ -1511,8 +1445,7 @@ impl Request for StartTransactionRequest {
 ///
 /// The Charge Point reports a connector's status or an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct StatusNotificationRequest {
     #[serde(rename = "connectorId")]
     pub connector_id: i32,
@@ -1537,8 +1470,7 @@ object_only!(StatusNotificationRequest);
 
 /// `StatusNotification.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct StatusNotificationResponse {}
 
 object_only!(StatusNotificationResponse);
@@ -1554,8 +1486,7 @@ impl Request for StatusNotificationRequest {
 ///
 /// The Charge Point reports that a transaction ended, optionally with its meter values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct StopTransactionRequest {
     #[serde(rename = "idTag", skip_serializing_if = "Option::is_none", default)]
     pub id_tag: Option<CiString<20>>,
@@ -1578,8 +1509,7 @@ object_only!(StopTransactionRequest);
 
 /// `StopTransaction.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct StopTransactionResponse {
     #[serde(rename = "idTagInfo", skip_serializing_if = "Option::is_none", default)]
     pub id_tag_info: Option<IdTagInfo>,
@@ -1598,8 +1528,7 @@ impl Request for StopTransactionRequest {
 ///
 /// The Central System asks for a Charge Point-initiated message now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct TriggerMessageRequest {
     #[serde(rename = "requestedMessage")]
     pub requested_message: MessageTrigger,
@@ -1615,8 +1544,7 @@ object_only!(TriggerMessageRequest);
 
 /// `TriggerMessage.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct TriggerMessageResponse {
     pub status: TriggerMessageStatus,
 }
@@ -1634,8 +1562,7 @@ impl Request for TriggerMessageRequest {
 ///
 /// The Central System asks for a connector to be unlocked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct UnlockConnectorRequest {
     #[serde(rename = "connectorId")]
     pub connector_id: i32,
@@ -1645,8 +1572,7 @@ object_only!(UnlockConnectorRequest);
 
 /// `UnlockConnector.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct UnlockConnectorResponse {
     pub status: UnlockStatus,
 }
@@ -1664,8 +1590,7 @@ impl Request for UnlockConnectorRequest {
 ///
 /// The Central System asks for firmware to be downloaded and installed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct UpdateFirmwareRequest {
     /// The schema wants a URI (format `uri`); not checked here.
     pub location: String,
@@ -1685,8 +1610,7 @@ object_only!(UpdateFirmwareRequest);
 
 /// `UpdateFirmware.conf` (OCPP 1.6 §6).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct UpdateFirmwareResponse {}
 
 object_only!(UpdateFirmwareResponse);
@@ -1703,8 +1627,7 @@ impl Request for UpdateFirmwareRequest {
 ///
 /// OCPP 1.6 §7: `AuthorizationData`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct AuthorizationData {
     #[serde(rename = "idTag")]
     pub id_tag: CiString<20>,
@@ -1852,8 +1775,7 @@ string_enum!(CancelReservationStatus);
 ///
 /// Security Whitepaper ed. 2: `CertificateHashDataType`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct CertificateHashData {
     #[serde(rename = "hashAlgorithm")]
     pub hash_algorithm: HashAlgorithm,
@@ -2110,8 +2032,7 @@ string_enum!(ChargePointStatus);
 ///
 /// OCPP 1.6 §7: `ChargingProfile`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ChargingProfile {
     #[serde(rename = "chargingProfileId")]
     pub charging_profile_id: i32,
@@ -2276,8 +2197,7 @@ string_enum!(ChargingRateUnitType);
 ///
 /// OCPP 1.6 §7: `ChargingSchedule`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ChargingSchedule {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub duration: Option<i32>,
@@ -2307,8 +2227,7 @@ object_only!(ChargingSchedule);
 ///
 /// OCPP 1.6 §7: `ChargingSchedulePeriod`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct ChargingSchedulePeriod {
     #[serde(rename = "startPeriod")]
     pub start_period: i32,
@@ -2604,8 +2523,7 @@ string_enum!(ExtendedMessageTrigger);
 ///
 /// Security Whitepaper ed. 2: `FirmwareType`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct Firmware {
     pub location: CiString<512>,
     #[serde(rename = "retrieveDateTime")]
@@ -2806,8 +2724,7 @@ string_enum!(HashAlgorithm);
 ///
 /// OCPP 1.6 §7: `IdTagInfo`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct IdTagInfo {
     #[serde(
         rename = "expiryDate",
@@ -2862,8 +2779,7 @@ string_enum!(InstallCertificateStatus);
 ///
 /// OCPP 1.6 §7: `KeyValue`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct KeyValue {
     pub key: CiString<50>,
     pub readonly: bool,
@@ -2915,8 +2831,7 @@ string_enum!(Location);
 ///
 /// Security Whitepaper ed. 2: `LogParametersType`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct LogParameters {
     #[serde(rename = "remoteLocation")]
     pub remote_location: CiString<512>,
@@ -3191,8 +3106,7 @@ string_enum!(MessageTrigger);
 ///
 /// OCPP 1.6 §7: `MeterValue`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct MeterValue {
     pub timestamp: DateTime,
     /// The MeterValues.req schema wants at least one item; not checked here.
@@ -3609,8 +3523,7 @@ string_enum!(ResetType);
 ///
 /// OCPP 1.6 §7: `SampledValue`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(remote = "Self")]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct SampledValue {
     pub value: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
