@@ -40,6 +40,19 @@ pub enum AuthStatus {
     ConcurrentTx,
 }
 
+impl AuthStatus {
+    /// The OCPP AuthorizationStatus string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthStatus::Accepted => "Accepted",
+            AuthStatus::Blocked => "Blocked",
+            AuthStatus::Expired => "Expired",
+            AuthStatus::Invalid => "Invalid",
+            AuthStatus::ConcurrentTx => "ConcurrentTx",
+        }
+    }
+}
+
 /// IdTagInfo (§7.27).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdTagInfo {
