@@ -710,6 +710,7 @@ impl Csms {
                     vendor: String::new(),
                     model: String::new(),
                     connectors: Vec::new(),
+                    received: Vec::new(),
                 },
                 link: None,
             });
@@ -908,6 +909,7 @@ impl Csms {
         action: &str,
         payload: Value,
     ) -> Result<Value, (ErrorCode, String)> {
+        self.count(id, action);
         match action {
             m::BootNotificationRequest::ACTION => {
                 answer(payload, |r: m::BootNotificationRequest| {
@@ -994,6 +996,22 @@ impl Csms {
             )),
             a => Err((ErrorCode::NotImplemented, format!("unknown action {a:?}"))),
         }
+    }
+
+    fn count(&self, id: &str, action: &str) {
+        let mut state = self.state();
+        let Some(station) = state.stations.get_mut(id) else {
+            return;
+        };
+        let received = &mut station.info.received;
+        match received.binary_search_by(|(a, _)| a.as_str().cmp(action)) {
+            Ok(i) => received[i].1 += 1,
+            // Only actions of the message set: a peer cannot grow the list.
+            Err(i) if m::is_known_action(action) => received.insert(i, (action.to_owned(), 1)),
+            Err(_) => return,
+        }
+        drop(state);
+        self.changed();
     }
 
     fn booted(&self, id: &str, request: &m::BootNotificationRequest) {
@@ -1132,6 +1150,29 @@ fn connector_i32(connector: u32) -> Result<i32, CsmsError> {
 /// `org.evos.Csms1` (see `evos_bus::csms`).
 pub(crate) struct Csms1(pub Csms);
 
+/// Emit `Changes` on the bus whenever what the CSMS shows changes.
+pub(crate) async fn publish_changes(connection: zbus::Connection, csms: Csms) {
+    let mut changes = csms.subscribe();
+    let Ok(iface) = connection
+        .object_server()
+        .interface::<_, Csms1>(evos_bus::csms::PATH)
+        .await
+    else {
+        return;
+    };
+    while changes.changed().await.is_ok() {
+        changes.mark_unchanged();
+        if let Err(e) = iface
+            .get()
+            .await
+            .changes_changed(iface.signal_emitter())
+            .await
+        {
+            tracing::warn!("CSMS: cannot emit Changes: {e}");
+        }
+    }
+}
+
 #[interface(name = "org.evos.Csms1")]
 impl Csms1 {
     async fn stations(&self) -> Vec<CsmsStation> {
@@ -1140,6 +1181,11 @@ impl Csms1 {
 
     async fn transactions(&self) -> Vec<CsmsTransaction> {
         self.0.transactions()
+    }
+
+    #[zbus(property)]
+    fn changes(&self) -> u64 {
+        *self.0.shared.changes.borrow()
     }
 
     async fn remote_start(

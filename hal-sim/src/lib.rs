@@ -481,10 +481,13 @@ pub async fn run(
         power,
     };
     let mut builder = evos_bus::connection_builder(bus_address).serve_at(evos_bus::sim::PATH, sim);
-    if let Some(csms) = csms {
-        builder = builder.serve_at(evos_bus::csms::PATH, csms::Csms1(csms));
+    if let Some(csms) = &csms {
+        builder = builder.serve_at(evos_bus::csms::PATH, csms::Csms1(csms.clone()));
     }
     let connection = builder.name(evos_bus::sim::BUS_NAME).build().await?;
+    if let Some(csms) = csms {
+        tasks.spawn(csms::publish_changes(connection.clone(), csms));
+    }
     if let (Some(assignment), Some(site)) = (assignment, &power_site) {
         let outputs = site.config.outputs.iter().map(|o| o.evse).collect();
         tasks.spawn(power::follow_assignment(

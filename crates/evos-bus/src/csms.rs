@@ -37,6 +37,8 @@ pub struct CsmsStation {
     /// Per connector from its StatusNotifications: (connectorId,
     /// ChargePointStatus, ChargePointErrorCode); connector 0 is the station.
     pub connectors: Vec<(u32, String, String)>,
+    /// How many CALLs of each action it sent, by action name.
+    pub received: Vec<(String, u32)>,
 }
 
 /// A transaction the CSMS recorded (`Transactions`).
@@ -118,6 +120,10 @@ pub trait Csms1 {
         station: &str,
         keys: &[&str],
     ) -> Result<Vec<(String, bool, String)>, crate::Error>;
+    /// Counts every change of what `Stations` and `Transactions` show, so
+    /// a client can wait for one instead of polling.
+    #[zbus(property)]
+    fn changes(&self) -> zbus::Result<u64>;
     /// ChangeConfiguration; returns `Accepted`, `Rejected`,
     /// `RebootRequired` or `NotSupported`.
     fn change_configuration(

@@ -187,6 +187,11 @@ async fn boot_heartbeat_and_status_are_accepted_and_recorded() {
                 (0, "Available".into(), "NoError".into()),
                 (1, "Charging".into(), "NoError".into()),
             ],
+            received: vec![
+                ("BootNotification".into(), 1),
+                ("Heartbeat".into(), 1),
+                ("StatusNotification".into(), 3),
+            ],
         }]
     );
 
