@@ -187,9 +187,8 @@ async fn the_built_in_csms_authorizes_records_and_commands() {
         s.len() == 1 && s[0].connected && s[0].boot_status == "Accepted" && s[0].boots == 1
     })
     .await;
-    let line = sim.wait_line(|l| l.starts_with("OCPP "));
-    assert!(line.contains("Connected, Accepted"), "{line}");
-    assert!(line.contains("/EVOS-SIM-1"), "{line}");
+    let line = sim.wait_line(|l| l.starts_with("OCPP Connected, Accepted"));
+    assert!(line.ends_with("/EVOS-SIM-1"), "{line}");
     let stations = sim.ctl_ok(&["csms", "stations"]);
     assert!(
         stations.contains("station EVOS-SIM-1: connected, boot Accepted"),

@@ -656,16 +656,44 @@ const OCPP_RESET_EXIT: i32 = 75;
 /// How long a scenario waits for the CSMS to accept the station.
 const REGISTRATION_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Ocpp1's connection and registration changes (and owner changes: a
+/// restarted ocpp does not announce its initial values), and an uncached
+/// proxy to read them fresh: a cached one keeps a previous instance's.
+async fn ocpp_changes(
+    connection: &zbus::Connection,
+) -> zbus::Result<(
+    futures_util::stream::BoxStream<'static, ()>,
+    evos_bus::ocpp::Ocpp1Proxy<'static>,
+)> {
+    let watched = evos_bus::ocpp::Ocpp1Proxy::new(connection).await?;
+    let states = watched.receive_connection_state_changed().await.map(|_| ());
+    let registrations = watched
+        .receive_registration_status_changed()
+        .await
+        .map(|_| ());
+    let owners = watched.inner().receive_owner_changed().await?.map(|_| ());
+    let changes =
+        futures_util::stream::select_all([states.boxed(), registrations.boxed(), owners.boxed()]);
+    let fresh = evos_bus::ocpp::Ocpp1Proxy::builder(connection)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?;
+    Ok((changes.boxed(), fresh))
+}
+
 /// Wait until the ocpp service is connected and registered.
 async fn registered(connection: &zbus::Connection) -> Result<()> {
-    let ocpp = evos_bus::ocpp::Ocpp1Proxy::new(connection).await?;
-    let states = ocpp.receive_connection_state_changed().await.map(|_| ());
-    let registrations = ocpp.receive_registration_status_changed().await.map(|_| ());
-    let mut changes = futures_util::stream::select(states, registrations);
+    let (mut changes, ocpp) = ocpp_changes(connection).await?;
     let wait = async {
         loop {
-            if ocpp.registration_status().await? == "Accepted"
-                && ocpp.connection_state().await? == "Connected"
+            if ocpp
+                .registration_status()
+                .await
+                .is_ok_and(|r| r == "Accepted")
+                && ocpp
+                    .connection_state()
+                    .await
+                    .is_ok_and(|c| c == "Connected")
             {
                 return Ok::<_, anyhow::Error>(());
             }
@@ -681,35 +709,35 @@ async fn registered(connection: &zbus::Connection) -> Result<()> {
 
 /// Print a line whenever the OCPP connection or registration changes.
 async fn ocpp_lines(connection: &zbus::Connection) {
-    let Ok(ocpp) = evos_bus::ocpp::Ocpp1Proxy::new(connection).await else {
+    let Ok((mut changes, ocpp)) = ocpp_changes(connection).await else {
         return std::future::pending().await;
     };
-    let states = ocpp.receive_connection_state_changed().await.map(|_| ());
-    let registrations = ocpp.receive_registration_status_changed().await.map(|_| ());
-    let mut changes = futures_util::stream::select(states, registrations);
     let mut last = String::new();
-    while changes.next().await.is_some() {
-        let (Ok(state), Ok(registration)) = (
+    loop {
+        // An empty state: the service has just started.
+        if let (Ok(state), Ok(registration)) = (
             ocpp.connection_state().await,
             ocpp.registration_status().await,
-        ) else {
-            continue;
-        };
-        let endpoint = ocpp.endpoint().await.unwrap_or_default();
-        let line = format!(
-            "OCPP {state}{} {endpoint}",
-            if registration.is_empty() {
-                String::new()
-            } else {
-                format!(", {registration}")
+        ) && !state.is_empty()
+        {
+            let endpoint = ocpp.endpoint().await.unwrap_or_default();
+            let line = format!(
+                "OCPP {state}{} {endpoint}",
+                if registration.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {registration}")
+                }
+            );
+            if line != last {
+                println!("{line}");
+                last = line;
             }
-        );
-        if line != last {
-            println!("{line}");
-            last = line;
+        }
+        if changes.next().await.is_none() {
+            return std::future::pending().await;
         }
     }
-    std::future::pending::<()>().await
 }
 
 /// Print a line per EVSE whenever its status changes.
