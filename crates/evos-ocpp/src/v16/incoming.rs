@@ -215,6 +215,10 @@ impl Station {
         match Key::from_name(key) {
             Some(Key::HeartbeatInterval) => self.schedule_heartbeat(),
             Some(Key::WebSocketPingInterval) => self.link_ping_changed = true,
+            Some(Key::AuthorizationKey) => {
+                let key = self.keys.string(Key::AuthorizationKey);
+                self.set_password(key);
+            }
             Some(Key::MeterValueSampleInterval) => self.resample_all(),
             Some(Key::ClockAlignedDataInterval) => self.schedule_aligned(),
             Some(Key::ConnectionTimeOut) => {

@@ -235,6 +235,8 @@ pub struct Station {
     ending: usize,
     exit: Option<Exit>,
     pub(super) link_ping_changed: bool,
+    /// Reconnect once the current answer is out (a new AuthorizationKey).
+    pub(super) reconnect_requested: bool,
 }
 
 /// Files under the service's state dir.
@@ -280,6 +282,14 @@ impl Station {
             },
         )
         .map_err(|e| anyhow_like::Error(e.to_string()))?;
+        // A key the CSMS set (Security Whitepaper §2: AuthorizationKey)
+        // replaces the configured password.
+        let stored_key = keys.string(Key::AuthorizationKey);
+        let password = if stored_key.is_empty() {
+            password
+        } else {
+            Some(stored_key)
+        };
         let transport = cfg.transport(password);
         let backoff = Backoff::new(
             Duration::from_secs(cfg.reconnect_min_s),
@@ -320,6 +330,7 @@ impl Station {
             ending: 0,
             exit: None,
             link_ping_changed: false,
+            reconnect_requested: false,
         };
         station.publish();
         Ok(station)
@@ -356,6 +367,14 @@ impl Station {
                 }
                 _ = tokio::time::sleep_until(deadline) => self.on_timers(),
             }
+            if std::mem::take(&mut self.reconnect_requested)
+                && let Some(l) = link.take()
+            {
+                tracing::info!("reconnecting with the new AuthorizationKey");
+                l.close().await;
+                self.disconnected(&mut link, "new AuthorizationKey");
+                self.next_connect = Instant::now();
+            }
             self.pump(&mut link).await;
             self.check_reset().await;
             self.publish();
@@ -365,6 +384,14 @@ impl Station {
                 }
                 return exit;
             }
+        }
+    }
+
+    /// The CSMS set a new AuthorizationKey: use it from the next connection.
+    pub(super) fn set_password(&mut self, password: String) {
+        self.transport.basic_auth_password = Some(password);
+        if self.transport.security_profile == 1 || self.transport.security_profile == 2 {
+            self.reconnect_requested = true;
         }
     }
 
