@@ -634,7 +634,8 @@ impl Station {
     fn trigger_message(&mut self, _id: &str, req: m::TriggerMessageRequest) -> Option<Answer> {
         let reply = |status| encode(&m::TriggerMessageResponse { status });
         let connector = match req.connector_id {
-            None => None,
+            // Connector 0 is the station itself: as if none was given.
+            None | Some(0) => None,
             Some(c) => match self.valid_connector(c) {
                 Some(c) => Some(c),
                 None => return Some(reply(m::TriggerMessageStatus::Rejected)),

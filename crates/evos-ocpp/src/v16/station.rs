@@ -937,6 +937,8 @@ impl Station {
                     self.status_changed(id, true);
                 }
                 self.schedule_heartbeat();
+                // The clock may have moved: realign, and recompute limits.
+                self.schedule_aligned();
                 self.next_limit = Some(Instant::now());
             }
             status => {
@@ -1144,7 +1146,12 @@ impl Station {
     fn status_request(&mut self, evse: u32) -> m::StatusNotificationRequest {
         let now = self.clock.now_ms();
         if evse == 0 {
-            return outgoing::status(0, "Available", "", now);
+            // The station as a whole (§4.9 connector 0): unavailable only
+            // when every connector is.
+            let all_off = !self.connectors.is_empty()
+                && self.connectors.values().all(|c| c.status == "Unavailable");
+            let status = if all_off { "Unavailable" } else { "Available" };
+            return outgoing::status(0, status, "", now);
         }
         let (status, fault) = self
             .connectors
