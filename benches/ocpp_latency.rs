@@ -595,9 +595,9 @@ fn memory(pid: u32) -> String {
     )
 }
 
-/// utime + stime (clock ticks, stat(5) fields 14 and 15) and the run time
-/// of every thread (ns, schedstat), which resolves far below a tick.
-fn cpu(pid: u32) -> (u64, u64) {
+/// utime and stime (clock ticks, stat(5) fields 14 and 15) and the run
+/// time of every thread (ns, schedstat), which resolves far below a tick.
+fn cpu(pid: u32) -> (u64, u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -616,19 +616,22 @@ fn cpu(pid: u32) -> (u64, u64) {
                 .unwrap_or(0);
         }
     }
-    (field(11) + field(12), ns)
+    (field(11), field(12), ns)
 }
 
 /// CPU of `pid` over `window`, as a sentence.
 async fn cpu_over(pid: u32, window: Duration) -> String {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let (t0, (ticks0, ns0)) = (Instant::now(), cpu(pid));
+    let (t0, (user0, system0, ns0)) = (Instant::now(), cpu(pid));
     tokio::time::sleep(window).await;
-    let (elapsed, (ticks1, ns1)) = (t0.elapsed().as_secs_f64(), cpu(pid));
+    let (elapsed, (user1, system1, ns1)) = (t0.elapsed().as_secs_f64(), cpu(pid));
+    let ticks = (user1 - user0) + (system1 - system0);
     format!(
-        "CPU {} ticks ({:.3} % of one core) over {elapsed:.0} s; run time {:.1} ms ({:.4} %)",
-        ticks1 - ticks0,
-        (ticks1 - ticks0) as f64 / hz / elapsed * 100.0,
+        "CPU {ticks} ticks ({} user, {} system; {:.3} % of one core) over {elapsed:.0} s; \
+         run time {:.1} ms ({:.4} %)",
+        user1 - user0,
+        system1 - system0,
+        ticks as f64 / hz / elapsed * 100.0,
         (ns1 - ns0) as f64 / 1e6,
         (ns1 - ns0) as f64 / 1e9 / elapsed * 100.0
     )
