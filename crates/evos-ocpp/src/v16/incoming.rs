@@ -20,7 +20,7 @@ use crate::v16::config_keys::{ChangeResult, Key};
 use crate::v16::convert;
 use crate::v16::local_auth::{UpdateKind, UpdateStatus};
 use crate::v16::messages as m;
-use crate::v16::smart_charging::{ClearCriteria, SetResult};
+use crate::v16::smart_charging::ClearCriteria;
 use crate::v16::station::{AuthThen, Done, Event, Pending, Registration, Station};
 use crate::wire::CiString;
 
@@ -537,7 +537,7 @@ impl Station {
 
     fn set_charging_profile(
         &mut self,
-        _id: &str,
+        id: &str,
         req: m::SetChargingProfileRequest,
     ) -> Option<Answer> {
         let reply = |status| encode(&m::SetChargingProfileResponse { status });
@@ -558,18 +558,31 @@ impl Station {
             .active_tx(connector)
             .map(|(id, _)| id)
             .filter(|id| *id != 0);
-        let status = match self.profiles.set(connector, profile, active_tx) {
-            SetResult::Accepted => m::ChargingProfileStatus::Accepted,
-            SetResult::Rejected(why) => {
+        let profile_id = profile.id;
+        let save = match self.profiles.set_unsaved(connector, profile, active_tx) {
+            Ok(save) => save,
+            Err(why) => {
                 tracing::warn!("SetChargingProfile rejected: {why}");
-                m::ChargingProfileStatus::Rejected
+                return Some(reply(m::ChargingProfileStatus::Rejected));
             }
-            SetResult::NotSupported => m::ChargingProfileStatus::NotSupported,
         };
-        if status == m::ChargingProfileStatus::Accepted {
-            self.push_limits();
-        }
-        Some(reply(status))
+        // The new limit goes to evse now; the answer waits for the profile
+        // to be on disk, written off the event loop (an fsync on a charger's
+        // eMMC can take tens of milliseconds).
+        self.push_limits();
+        let events = self.events.clone();
+        self.reply_later(id, async move {
+            match tokio::task::spawn_blocking(move || save.write()).await {
+                Ok(Ok(())) => reply(m::ChargingProfileStatus::Accepted),
+                failed => {
+                    tracing::error!(?failed, "cannot save a charging profile: rejecting it");
+                    let _ = events
+                        .send(Event::Done(Done::ProfileNotSaved { id: profile_id }))
+                        .await;
+                    reply(m::ChargingProfileStatus::Rejected)
+                }
+            }
+        })
     }
 
     fn clear_charging_profile(

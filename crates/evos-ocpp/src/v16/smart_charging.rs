@@ -22,6 +22,7 @@
 //!   ChargePointMax alone (simplification: no sum over connectors).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -223,6 +224,35 @@ pub struct ProfileStore {
     limits: Limits,
     electrical: Electrical,
     installed: Vec<Installed>,
+    /// Bumped on every change; saves of an older generation are skipped,
+    /// so saves finishing out of order never bring back an old state.
+    generation: u64,
+    written: Arc<Mutex<u64>>,
+}
+
+/// The profiles as they must be saved; [`PendingSave::write`] does the
+/// (blocking, fsync'd) write, so the caller can run it off its event loop.
+#[must_use]
+pub struct PendingSave {
+    path: PathBuf,
+    bytes: std::io::Result<Vec<u8>>,
+    generation: u64,
+    written: Arc<Mutex<u64>>,
+}
+
+impl PendingSave {
+    pub fn write(self) -> std::io::Result<()> {
+        let bytes = self.bytes?;
+        // A poisoned lock only means another save panicked; the counter
+        // is still right.
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if *written >= self.generation {
+            return Ok(());
+        }
+        evos_service::persist::write_atomic(&self.path, &bytes)?;
+        *written = self.generation;
+        Ok(())
+    }
 }
 
 /// One profile's period in force at an instant.
@@ -412,6 +442,8 @@ impl ProfileStore {
             limits,
             electrical,
             installed,
+            generation: 0,
+            written: Arc::new(Mutex::new(0)),
         })
     }
 
@@ -498,15 +530,32 @@ impl ProfileStore {
     /// once its transaction runs. `active_tx`: the transaction running on
     /// `connector`. Replaces the profile with the same id, and the one with
     /// the same stack level and purpose on the same connector (§3.13.2).
-    pub fn set(
+    pub fn set(&mut self, connector: u32, profile: Profile, active_tx: Option<i32>) -> SetResult {
+        let previous = self.installed.clone();
+        match self.set_unsaved(connector, profile, active_tx) {
+            Err(why) => SetResult::Rejected(why),
+            Ok(save) => match save.write() {
+                Ok(()) => SetResult::Accepted,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot save charging profiles");
+                    self.installed = previous;
+                    self.generation += 1;
+                    SetResult::Rejected("cannot save the profile")
+                }
+            },
+        }
+    }
+
+    /// [`set`](Self::set) in memory only: the new profile is in force at
+    /// once, and the returned save makes it survive a restart. A limit can
+    /// then reach the EVSE while the save is still on its way to the disk.
+    pub fn set_unsaved(
         &mut self,
         connector: u32,
         mut profile: Profile,
         active_tx: Option<i32>,
-    ) -> SetResult {
-        if let Err(why) = self.validate(connector, &profile, active_tx) {
-            return SetResult::Rejected(why);
-        }
+    ) -> Result<PendingSave, &'static str> {
+        self.validate(connector, &profile, active_tx)?;
         if profile.purpose == Purpose::Tx {
             // Pin it to the transaction so transaction_ended finds it.
             profile.transaction_id = active_tx;
@@ -520,15 +569,16 @@ impl ProfileStore {
         });
         if self.installed.len() >= self.limits.max_profiles {
             self.installed = previous;
-            return SetResult::Rejected("MaxChargingProfilesInstalled reached");
+            return Err("MaxChargingProfilesInstalled reached");
         }
         self.installed.push(Installed { connector, profile });
-        if let Err(e) = self.persist() {
-            tracing::error!(error = %e, "cannot save charging profiles");
-            self.installed = previous;
-            return SetResult::Rejected("cannot save the profile");
-        }
-        SetResult::Accepted
+        Ok(self.pending_save())
+    }
+
+    /// The profile with `id` could not be saved after all: drop it again.
+    pub fn unset(&mut self, id: i32) {
+        self.installed.retain(|i| i.profile.id != id);
+        self.persist_or_log();
     }
 
     /// ClearChargingProfile (§5.5): by id alone, or else every profile
@@ -571,17 +621,26 @@ impl ProfileStore {
         }
     }
 
-    fn persist(&self) -> std::io::Result<()> {
+    fn pending_save(&mut self) -> PendingSave {
+        self.generation += 1;
         let state = State {
             profiles: self.installed.clone(),
         };
-        let json = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
-        evos_service::persist::write_atomic(&self.path, &json)
+        PendingSave {
+            path: self.path.clone(),
+            bytes: serde_json::to_vec_pretty(&state).map_err(std::io::Error::other),
+            generation: self.generation,
+            written: self.written.clone(),
+        }
+    }
+
+    fn persist(&mut self) -> std::io::Result<()> {
+        self.pending_save().write()
     }
 
     /// Clearing must happen whether or not the disk cooperates; a failure
     /// only means the old profiles may return after a restart.
-    fn persist_or_log(&self) {
+    fn persist_or_log(&mut self) {
         if let Err(e) = self.persist() {
             tracing::error!(error = %e, path = %self.path.display(), "cannot save charging profiles");
         }

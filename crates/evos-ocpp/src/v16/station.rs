@@ -90,6 +90,8 @@ pub enum EvseEvent {
 pub enum Done {
     /// Remote start: the session was (or was not) started after authorization.
     RemoteStartFailed { evse: u32, why: String },
+    /// An accepted charging profile could not be saved: drop it again.
+    ProfileNotSaved { id: i32 },
     /// A reset asked evse to end every session; once their StopTransactions
     /// are persisted, run `command` (if any) and exit.
     ResetStopsSent { hard: bool, command: Vec<String> },
@@ -189,8 +191,6 @@ pub(super) struct Connector {
     pub session: Option<SessionRecord>,
     pub reading: Option<MeterReading>,
     pub next_sample: Option<Instant>,
-    /// The limit last pushed to evse: None = cleared, Some(None) = never pushed.
-    pub pushed_limit: Option<Option<(f64, RateUnit)>>,
     /// A RemoteStart profile to install once its transaction exists.
     pub pending_tx_profile: Option<Box<m::ChargingProfile>>,
 }
@@ -237,6 +237,10 @@ pub struct Station {
     pub(super) link_ping_changed: bool,
     /// Reconnect once the current answer is out (a new AuthorizationKey).
     pub(super) reconnect_requested: bool,
+    /// The limit each EVSE should have; a pusher task per EVSE applies the
+    /// latest (so pushes never overtake each other) and retries until evse
+    /// takes it.
+    limit_tx: BTreeMap<u32, watch::Sender<Option<(f64, RateUnit)>>>,
 }
 
 /// Files under the service's state dir.
@@ -331,6 +335,7 @@ impl Station {
             exit: None,
             link_ping_changed: false,
             reconnect_requested: false,
+            limit_tx: BTreeMap::new(),
         };
         station.publish();
         Ok(station)
@@ -340,6 +345,11 @@ impl Station {
     pub async fn run(mut self, mut events: mpsc::Receiver<Event>) -> Exit {
         let mut link: Option<Link> = None;
         self.schedule_aligned();
+        for (evse, proxy) in self.bus.evse.clone() {
+            let (tx, rx) = watch::channel(None);
+            tokio::spawn(push_limit(evse, proxy, rx));
+            self.limit_tx.insert(evse, tx);
+        }
         loop {
             if link.is_none() && !self.connecting && Instant::now() >= self.next_connect {
                 self.start_connecting();
@@ -626,6 +636,10 @@ impl Station {
                 if let Some(c) = self.connectors.get_mut(&evse) {
                     c.pending_tx_profile = None;
                 }
+            }
+            Done::ProfileNotSaved { id } => {
+                self.profiles.unset(id);
+                self.push_limits();
             }
             Done::ResetStopsSent { hard, command } => {
                 self.reset_due = Some((hard, command, Instant::now() + Duration::from_secs(30)));
@@ -1114,6 +1128,7 @@ impl Station {
                 }
                 self.status_changed(evse, false);
                 self.update_sampling(evse);
+                self.repush_limit(evse);
                 self.next_limit = Some(Instant::now());
             }
         }
@@ -1572,32 +1587,26 @@ impl Station {
                 next = Some(next.map_or(change, |n| n.min(change)));
             }
             let limit = limit.map(|(v, unit, _)| (v, unit));
-            let Some(c) = self.connectors.get_mut(&evse) else {
-                continue;
-            };
-            if c.pushed_limit == Some(limit) {
-                continue;
-            }
-            let Some(proxy) = self.bus.evse.get(&evse).cloned() else {
-                continue;
-            };
-            c.pushed_limit = Some(limit);
-            tracing::info!(evse, ?limit, "charging limit from the profiles");
-            tokio::spawn(async move {
-                let result = match limit {
-                    Some((value, unit)) => {
-                        let unit = if unit == RateUnit::W { "W" } else { "A" };
-                        proxy.set_charging_limit(value, unit, 0).await
+            if let Some(tx) = self.limit_tx.get(&evse) {
+                tx.send_if_modified(|current| {
+                    let changed = *current != limit;
+                    if changed {
+                        tracing::info!(evse, ?limit, "charging limit from the profiles");
+                        *current = limit;
                     }
-                    None => proxy.clear_charging_limit().await,
-                };
-                if let Err(e) = result {
-                    tracing::warn!(evse, "cannot apply the charging limit: {e}");
-                }
-            });
+                    changed
+                });
+            }
         }
         self.next_limit =
             next.map(|t| Instant::now() + Duration::from_millis((t - now).max(0) as u64));
+    }
+
+    /// evse (re)appeared: it may have lost the limit, so push it again.
+    fn repush_limit(&self, evse: u32) {
+        if let Some(tx) = self.limit_tx.get(&evse) {
+            tx.send_modify(|_| {});
+        }
     }
 
     /// (transactionId, start ms) of the transaction on `evse`, once the CSMS
@@ -1674,6 +1683,42 @@ impl Station {
     fn ledger_sample(&mut self, tx_ref: &str, mv: m::MeterValue) {
         if let Err(e) = self.ledger.sample(tx_ref, mv) {
             tracing::error!("cannot write the transaction ledger: {e}");
+        }
+    }
+}
+
+/// Apply the latest wanted limit of `evse`, retrying while evse is away.
+async fn push_limit(
+    evse: u32,
+    proxy: Evse1Proxy<'static>,
+    mut wanted: watch::Receiver<Option<(f64, RateUnit)>>,
+) {
+    // The first value too: a limit left by an earlier run must be cleared.
+    wanted.mark_changed();
+    while wanted.changed().await.is_ok() {
+        let mut failures = 0u32;
+        loop {
+            let limit = *wanted.borrow_and_update();
+            let result = match limit {
+                Some((value, unit)) => {
+                    let unit = if unit == RateUnit::W { "W" } else { "A" };
+                    proxy.set_charging_limit(value, unit, 0).await
+                }
+                None => proxy.clear_charging_limit().await,
+            };
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(evse, "cannot apply the charging limit yet (retrying): {e}");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        changed = wanted.changed() => if changed.is_err() { return },
+                    }
+                }
+            }
         }
     }
 }
