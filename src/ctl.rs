@@ -413,11 +413,46 @@ fn row(props: &HashMap<String, zbus::OwnedVariant>) -> serde_json::Value {
         .get("Id")
         .and_then(|v| u32::try_from(v.clone()).ok())
         .unwrap_or_default();
+    // (id, token, parent, expiry Unix ms); id 0 when none.
+    let reservation = props
+        .get("Reservation")
+        .and_then(|v| <(i32, String, String, i64)>::try_from(v.clone()).ok())
+        .filter(|r| r.0 != 0)
+        .map(|(id, token, parent, expiry_ms)| {
+            serde_json::json!({"id": id, "token": token, "parent": parent, "expiry_ms": expiry_ms})
+        });
     serde_json::json!({
         "id": id, "kind": s("Kind"), "status": s("Status"), "cp_state": s("CpState"),
         "offered_current_a": f("OfferedCurrent"), "power_w": f("PowerW"),
         "session_energy_wh": f("SessionEnergyWh"), "session_id": s("SessionId"), "fault": s("Fault"),
+        "reservation": reservation,
     })
+}
+
+/// `  reserved #7 for TOKEN (parent P), 59 min left` for a held reservation.
+fn reservation_text(r: &serde_json::Value) -> String {
+    let Some(id) = r["id"].as_i64() else {
+        return String::new();
+    };
+    let parent = r["parent"].as_str().unwrap_or_default();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let left_s = (r["expiry_ms"].as_i64().unwrap_or_default() - now_ms).max(0) / 1000;
+    let left = if left_s >= 120 {
+        format!("{} min", left_s / 60)
+    } else {
+        format!("{left_s} s")
+    };
+    format!(
+        "  reserved #{id} for {}{}, {left} left",
+        r["token"].as_str().unwrap_or_default(),
+        if parent.is_empty() {
+            String::new()
+        } else {
+            format!(" (parent {parent})")
+        }
+    )
 }
 
 /// One human line for an EVSE, shared by `evos ctl status` and `evos sim`.
@@ -425,7 +460,7 @@ pub fn status_line(r: &serde_json::Value) -> String {
     let fault = r["fault"].as_str().unwrap_or_default();
     let session = r["session_id"].as_str().unwrap_or_default();
     format!(
-        "EVSE {} {:<2} {:<13} CP {:<1}  {:>5.1} A  {:>6.2} kW  {:>7.3} kWh{}{}",
+        "EVSE {} {:<2} {:<13} CP {:<1}  {:>5.1} A  {:>6.2} kW  {:>7.3} kWh{}{}{}",
         r["id"],
         r["kind"].as_str().unwrap_or_default(),
         r["status"].as_str().unwrap_or_default(),
@@ -443,5 +478,6 @@ pub fn status_line(r: &serde_json::Value) -> String {
         } else {
             format!("  fault {fault}")
         },
+        reservation_text(&r["reservation"]),
     )
 }

@@ -2,9 +2,10 @@
 //!
 //! ```toml
 //! [evse]
-//! auth = "allow-list"          # or "free-vend"
+//! auth = "allow-list"          # or "free-vend", or "ocpp" (org.evos.Ocpp1.Authorize)
 //! allow_list = ["04A2B3C4"]
 //! connection_timeout_s = 60    # authorized but not plugged in: give up after this
+//!                              # (OCPP ConnectionTimeOut may change it at run time)
 //!
 //! [[evse.evse]]
 //! id = 1
@@ -45,6 +46,9 @@ pub enum AuthMode {
     AllowList,
     /// Anyone may charge: a session starts when the EV plugs in.
     FreeVend,
+    /// Every token is put to the OCPP service (`org.evos.Ocpp1.Authorize`),
+    /// which applies the OCPP online and offline rules.
+    Ocpp,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -148,6 +152,9 @@ impl Config {
         if self.auth == AuthMode::AllowList && self.allow_list.is_empty() {
             tracing::warn!("evse.allow_list is empty: no token can start a session");
         }
+        if self.auth != AuthMode::AllowList && !self.allow_list.is_empty() {
+            tracing::warn!("evse.allow_list is ignored: auth is not \"allow-list\"");
+        }
         if self.connection_timeout_s == 0 {
             return Err(Invalid::new(
                 "evse.connection_timeout_s",
@@ -186,6 +193,14 @@ mod tests {
         assert_eq!(c.auth, AuthMode::AllowList);
         assert_eq!(c.evse[0].phases, 3);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn auth_modes_parse() {
+        let ocpp = parse(&GOOD.replace("[evse]", "[evse]\nauth = \"ocpp\""));
+        assert_eq!(ocpp.auth, AuthMode::Ocpp);
+        let free = parse(&GOOD.replace("[evse]", "[evse]\nauth = \"free-vend\""));
+        assert_eq!(free.auth, AuthMode::FreeVend);
     }
 
     #[test]

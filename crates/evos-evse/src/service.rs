@@ -1,5 +1,8 @@
 //! The `evse` service: one driver task per EVSE joins its safety board, its
-//! state machine, its session store and its `org.evos.Evse1` object.
+//! state machine, its session and reservation stores and its
+//! `org.evos.Evse1` object (the methods the OCPP 1.6 client needs:
+//! RemoteStart/Stop §5.11/§5.12, ReserveNow §5.13, CancelReservation §5.3,
+//! UnlockConnector §5.17, ConnectionTimeOut §9.1).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,12 +16,13 @@ use tokio::time::{Instant, sleep_until};
 use zbus::object_server::{InterfaceRef, SignalEmitter};
 use zbus::{fdo, interface};
 
-use crate::auth::{AuthStatus, Authorizer};
-use crate::config::{Config, EvseConfig, Kind, MeterSource};
+use crate::auth::{Authorization, Authorizer};
+use crate::config::{AuthMode, Config, EvseConfig, Kind, MeterSource};
 use crate::metering::{self, MeterOutcome};
+use crate::reservation::{Reservation, ReservationStore, ReservationStoreError};
 use crate::session_store::{SessionStore, StoreError};
 use crate::state_machine::{
-    Effect, Evse, Input, Limit, LimitUnit, Now, Outputs, Refusal, Spec, StopReason,
+    Effect, Evse, Input, Limit, LimitUnit, Now, Outputs, Refusal, Restored, Spec, StopReason,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +31,8 @@ pub enum ServiceError {
     Bus(#[from] zbus::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Reservations(#[from] ReservationStoreError),
     #[error("evse.evse: {0}")]
     Link(#[from] evos_hal::HalError),
 }
@@ -53,6 +59,7 @@ struct Snapshot {
     session_id: String,
     fault: String,
     charging_limit: (f64, String),
+    reservation: (i32, String, String, i64),
 }
 
 impl Snapshot {
@@ -73,8 +80,18 @@ impl Snapshot {
             charging_limit: evse.limit().map_or((0.0, String::new()), |l| {
                 (l.value, l.unit.as_str().to_owned())
             }),
+            reservation: Reservation::as_property(evse.reservation()),
         }
     }
+}
+
+/// What one step yields for the caller of the input.
+#[derive(Debug, Default)]
+struct Stepped {
+    /// An authorization was asked for: the caller waits for its decision.
+    authorizing: bool,
+    /// The method's answer, where the state machine gave one.
+    answer: Option<String>,
 }
 
 enum Request {
@@ -100,9 +117,16 @@ impl EvseObject {
             .map_err(|_| gone())?;
         match rx.await.map_err(|_| gone())? {
             Ok(answer) => Ok(answer),
-            Err(Refusal::NotPermitted(why)) => Err(evos_bus::Error::NotPermitted(why)),
-            Err(Refusal::Busy(why)) => Err(evos_bus::Error::Busy(why)),
+            Err(refusal) => Err(bus_error(refusal)),
         }
+    }
+}
+
+fn bus_error(refusal: Refusal) -> evos_bus::Error {
+    match refusal {
+        Refusal::NotPermitted(why) => evos_bus::Error::NotPermitted(why),
+        Refusal::Busy(why) => evos_bus::Error::Busy(why),
+        Refusal::NotFound(why) => evos_bus::Error::NotFound(why),
     }
 }
 
@@ -114,6 +138,11 @@ fn non_empty_token(token: &str) -> Result<String, evos_bus::Error> {
         ));
     }
     Ok(token.to_owned())
+}
+
+/// The answer a method expects, from the driver's reply.
+fn answer(reply: Option<String>, method: &str) -> Result<String, evos_bus::Error> {
+    reply.ok_or_else(|| evos_bus::Error::Failed(format!("{method}: the EVSE gave no answer")))
 }
 
 #[interface(name = "org.evos.Evse1")]
@@ -131,11 +160,67 @@ impl EvseObject {
         self.ask(Input::RemoteStart(token)).await.map(drop)
     }
 
+    /// `reason` is an OCPP 1.6 Reason (§7.36).
     async fn stop_session(&self, reason: &str) -> Result<(), evos_bus::Error> {
         let reason = StopReason::parse(reason).ok_or_else(|| {
             evos_bus::Error::InvalidArgument(format!("unknown stop reason `{reason}`"))
         })?;
         self.ask(Input::Stop(reason)).await.map(drop)
+    }
+
+    async fn reserve(
+        &self,
+        reservation_id: i32,
+        token: &str,
+        parent: &str,
+        expiry_ms: i64,
+    ) -> Result<String, evos_bus::Error> {
+        if reservation_id == 0 {
+            return Err(evos_bus::Error::InvalidArgument(
+                "reservation id 0 means none; ids start at 1".into(),
+            ));
+        }
+        let token = non_empty_token(token)?;
+        let parent = parent.trim();
+        if parent.len() > 64 {
+            return Err(evos_bus::Error::InvalidArgument(
+                "a parent id has at most 64 characters".into(),
+            ));
+        }
+        if expiry_ms <= now().wall_ms {
+            return Err(evos_bus::Error::InvalidArgument(format!(
+                "expiry {expiry_ms} is not in the future"
+            )));
+        }
+        let reservation = Reservation {
+            id: reservation_id,
+            token,
+            parent: parent.to_owned(),
+            expiry_ms,
+        };
+        answer(self.ask(Input::Reserve(reservation)).await?, "Reserve")
+    }
+
+    async fn cancel_reservation(&self, reservation_id: i32) -> Result<(), evos_bus::Error> {
+        self.ask(Input::CancelReservation(reservation_id))
+            .await
+            .map(drop)
+    }
+
+    async fn unlock(&self) -> Result<String, evos_bus::Error> {
+        answer(self.ask(Input::Unlock).await?, "Unlock")
+    }
+
+    async fn set_connection_timeout(&self, seconds: u32) -> Result<(), evos_bus::Error> {
+        if seconds == 0 {
+            return Err(evos_bus::Error::InvalidArgument(
+                "the connection timeout is at least 1 s".into(),
+            ));
+        }
+        let timeout = Duration::from_secs(seconds.into());
+        self.ask(Input::SetConnectionTimeout(timeout))
+            .await
+            .map(drop)
     }
 
     async fn set_charging_limit(
@@ -235,6 +320,10 @@ impl EvseObject {
     fn charging_limit(&self) -> (f64, String) {
         self.snapshot.borrow().charging_limit.clone()
     }
+    #[zbus(property)]
+    fn reservation(&self) -> (i32, String, String, i64) {
+        self.snapshot.borrow().reservation.clone()
+    }
 }
 
 /// Run the service until SIGTERM or Ctrl-C.
@@ -243,7 +332,6 @@ pub async fn run(
     state_dir: &Path,
     bus_address: Option<&str>,
 ) -> Result<(), ServiceError> {
-    let authorizer = Authorizer::from_config(&config);
     let store_dir = state_dir.join("sessions");
     let mut drivers = Vec::new();
     let mut builder =
@@ -251,8 +339,15 @@ pub async fn run(
     for evse_config in &config.evse {
         let link: LinkAddress = evse_config.link.parse()?;
         let store = SessionStore::open(&store_dir, evse_config.id)?;
+        let reservations = ReservationStore::open(state_dir, evse_config.id)?;
         let spec = spec_of(evse_config, &config);
-        let machine = Evse::new(spec, store.active().cloned(), now());
+        let started = now();
+        let restored = Restored {
+            session: store.active().cloned(),
+            parent: store.active_parent().to_owned(),
+            reservation: reservations.load(started.wall_ms)?,
+        };
+        let machine = Evse::new(spec, restored, started);
         let last_energy = store.history().last().map_or(0.0, SessionRecord::energy_wh);
         let (snapshot_tx, snapshot) = watch::channel(Snapshot::of(&machine, last_energy));
         let (requests_tx, requests) = mpsc::channel(16);
@@ -269,7 +364,9 @@ pub async fn run(
             link,
             machine,
             store,
-            authorizer: authorizer.clone(),
+            reservations,
+            // Replaced once the bus connection exists; refuses all until then.
+            authorizer: Authorizer::AllowList(Default::default()),
             requests,
             snapshot: snapshot_tx,
             last_energy,
@@ -279,12 +376,17 @@ pub async fn run(
             meter_tasks: JoinSet::new(),
             power: None,
             start_tasks: Vec::new(),
+            token_waiters: Vec::new(),
+            unlock_waiters: Vec::new(),
+            release_lock: false,
         });
     }
     let connection = builder.name(contract::BUS_NAME).build().await?;
+    let authorizer = Authorizer::new(&config, &connection).await?;
     let mut tasks = JoinSet::new();
     for mut driver in drivers {
         let id = driver.machine.spec().id;
+        driver.authorizer = authorizer.clone();
         driver.iface = Some(
             connection
                 .object_server()
@@ -330,14 +432,18 @@ fn spec_of(e: &EvseConfig, config: &Config) -> Spec {
         socket: e.socket,
         nominal_voltage_v: e.nominal_voltage_v,
         connection_timeout: Duration::from_secs(config.connection_timeout_s.into()),
-        free_vend: Authorizer::from_config(config).is_free_vend(),
+        free_vend: config.auth == AuthMode::FreeVend,
     }
 }
+
+/// A reply owed to a method caller.
+type Reply = oneshot::Sender<Result<Option<String>, Refusal>>;
 
 struct Driver {
     link: LinkAddress,
     machine: Evse,
     store: SessionStore,
+    reservations: ReservationStore,
     authorizer: Authorizer,
     requests: mpsc::Receiver<Request>,
     snapshot: watch::Sender<Snapshot>,
@@ -351,10 +457,14 @@ struct Driver {
     power: Option<evos_bus::power::Power1Proxy<'static>>,
     /// Start-reading requests still retrying, by session id.
     start_tasks: Vec<(String, tokio::task::AbortHandle)>,
+    /// `PresentToken` / `StartSession` callers waiting for an authorization,
+    /// by token.
+    token_waiters: Vec<(String, Reply)>,
+    /// `Unlock` callers waiting for the lock's feedback.
+    unlock_waiters: Vec<Reply>,
+    /// Command the lock open at the next [`Driver::apply`], even if it is.
+    release_lock: bool,
 }
-
-/// Answers owed to `PresentToken` callers, by token.
-type TokenWaiters = Vec<(String, oneshot::Sender<Result<Option<String>, Refusal>>)>;
 
 async fn next_reading(
     readings: &mut Option<evos_bus::meter::ReadingStream>,
@@ -396,8 +506,7 @@ impl Driver {
         let link_fault_after = Duration::from_millis(KEEPALIVE_TIMEOUT_MS);
         let mut keepalive = tokio::time::interval(Duration::from_millis(KEEPALIVE_PERIOD_MS));
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut auth_tasks: JoinSet<(String, AuthStatus)> = JoinSet::new();
-        let mut waiters: TokenWaiters = Vec::new();
+        let mut auth_tasks: JoinSet<(String, Authorization)> = JoinSet::new();
         let mut link_fault_reported = false;
         let mut power_faults = match &self.power {
             Some(power) => Some(power.receive_fault_changed().await),
@@ -471,6 +580,11 @@ impl Driver {
                     continue;
                 }
                 Some(request) = self.requests.recv() => match request {
+                    // Answered by an Effect::Unlock, now or later.
+                    Request::Input(Input::Unlock, tx) => {
+                        self.unlock_waiters.push(tx);
+                        Input::Unlock
+                    }
                     Request::Input(input, tx) => {
                         reply = Some((input.clone(), tx));
                         input
@@ -482,14 +596,20 @@ impl Driver {
                         continue;
                     }
                 },
-                Some(Ok((token, status))) = auth_tasks.join_next() => {
-                    let accepted = status == AuthStatus::Accepted;
-                    let input = Input::AuthResult { token: token.clone(), accepted };
+                Some(Ok((token, authorization))) = auth_tasks.join_next() => {
+                    let input = Input::AuthResult {
+                        token: token.clone(),
+                        status: authorization.status,
+                        parent: authorization.parent,
+                    };
                     if let Err(refusal) = self.step(input, &mut auth_tasks).await {
                         tracing::warn!(evse = id, "authorization result refused: {refusal}");
                     }
-                    for (_, tx) in waiters.extract_if(.., |(t, _)| *t == token) {
-                        let _ = tx.send(Ok(Some(status.as_str().to_owned())));
+                    // Not decided: the request was overtaken (another token, a fault).
+                    for (_, tx) in self.token_waiters.extract_if(.., |(t, _)| *t == token) {
+                        let _ = tx.send(Err(Refusal::Busy(
+                            "overtaken by another request or a fault".into(),
+                        )));
                     }
                     self.apply(&mut board, &mut applied).await;
                     self.publish().await;
@@ -528,15 +648,19 @@ impl Driver {
             let result = self.step(input, &mut auth_tasks).await;
             if let Some((input, tx)) = reply {
                 match (input, result) {
-                    (Input::Token(token), Ok(true)) => waiters.push((token, tx)),
-                    (Input::Token(_), Ok(false)) if self.machine.status() == before => {
+                    (Input::Token(token) | Input::RemoteStart(token), Ok(stepped))
+                        if stepped.authorizing =>
+                    {
+                        self.token_waiters.push((token, tx));
+                    }
+                    (Input::Token(_), Ok(_)) if self.machine.status() == before => {
                         let _ = tx.send(Err(Refusal::NotPermitted(format!(
                             "token not taken while {}",
                             before.as_str()
                         ))));
                     }
-                    (_, Ok(_)) => {
-                        let _ = tx.send(Ok(None));
+                    (_, Ok(stepped)) => {
+                        let _ = tx.send(Ok(stepped.answer));
                     }
                     (_, Err(refusal)) => {
                         let _ = tx.send(Err(refusal));
@@ -548,29 +672,45 @@ impl Driver {
         }
     }
 
-    /// Feed one input; carry out its effects; publish. Returns whether an
-    /// authorization was started.
+    /// Feed one input and carry out its effects.
     async fn step(
         &mut self,
         input: Input,
-        auth_tasks: &mut JoinSet<(String, AuthStatus)>,
-    ) -> Result<bool, Refusal> {
+        auth_tasks: &mut JoinSet<(String, Authorization)>,
+    ) -> Result<Stepped, Refusal> {
         let effects = self.machine.handle(input, now())?;
-        let mut authorizing = false;
+        let mut stepped = Stepped::default();
         for effect in effects {
             match effect {
                 Effect::Authorize(token) => {
-                    authorizing = true;
+                    stepped.authorizing = true;
                     let authorizer = self.authorizer.clone();
                     let id = self.machine.spec().id;
                     auth_tasks.spawn(async move {
-                        let status = authorizer.authorize(id, &token).await;
-                        (token, status)
+                        let authorization = authorizer.authorize(id, &token).await;
+                        (token, authorization)
                     });
                 }
+                Effect::TokenDecided { token, outcome } => {
+                    for (_, tx) in self.token_waiters.extract_if(.., |(t, _)| *t == token) {
+                        let _ = tx.send(outcome.clone().map(|s| Some(s.as_str().to_owned())));
+                    }
+                }
+                Effect::Reservation(reservation) => {
+                    if let Err(e) = self.reservations.save(reservation.as_ref()) {
+                        tracing::error!("cannot persist the reservation: {e}");
+                    }
+                }
+                Effect::ReserveStatus(status) => stepped.answer = Some(status.as_str().into()),
+                Effect::Unlock(status) => {
+                    for tx in self.unlock_waiters.drain(..) {
+                        let _ = tx.send(Ok(Some(status.as_str().into())));
+                    }
+                }
+                Effect::ReleaseLock => self.release_lock = true,
                 Effect::SessionStarted(record) => {
                     // Persist before telling anyone: a crash now still knows the session.
-                    if let Err(e) = self.store.started(&record) {
+                    if let Err(e) = self.store.started(&record, self.machine.session_parent()) {
                         tracing::error!("cannot persist session start: {e}");
                     }
                     if let Some(meter) = &self.meter {
@@ -585,7 +725,7 @@ impl Driver {
                     .await;
                 }
                 Effect::SessionUpdated(record) => {
-                    if let Err(e) = self.store.started(&record) {
+                    if let Err(e) = self.store.started(&record, self.machine.session_parent()) {
                         tracing::error!("cannot persist the session's meter start: {e}");
                     }
                 }
@@ -611,7 +751,7 @@ impl Driver {
                 }
             }
         }
-        Ok(authorizing)
+        Ok(stepped)
     }
 
     /// A session's final record: persist it (correcting the one ended with
@@ -662,6 +802,7 @@ impl Driver {
             (new.session_id != old.session_id, "SessionId"),
             (new.fault != old.fault, "Fault"),
             (new.charging_limit != old.charging_limit, "ChargingLimit"),
+            (new.reservation != old.reservation, "Reservation"),
             (new.status != old.status, "Status"),
         ];
         for (_, name) in changed.iter().filter(|(c, _)| *c) {
@@ -673,6 +814,7 @@ impl Driver {
                 "SessionId" => object.session_id_changed(emitter).await,
                 "Fault" => object.fault_changed(emitter).await,
                 "ChargingLimit" => object.charging_limit_changed(emitter).await,
+                "Reservation" => object.reservation_changed(emitter).await,
                 _ => object.status_changed(emitter).await,
             };
             if let Err(e) = result {
@@ -684,8 +826,10 @@ impl Driver {
         }
     }
 
-    /// Drive the board to the outputs the state asks for, sending only what changed.
-    async fn apply(&self, board: &mut Option<McuBoard>, applied: &mut Option<Outputs>) {
+    /// Drive the board to the outputs the state asks for, sending only what
+    /// changed (and the lock's open command again after an unlock).
+    async fn apply(&mut self, board: &mut Option<McuBoard>, applied: &mut Option<Outputs>) {
+        let release_lock = std::mem::take(&mut self.release_lock);
         let Some(b) = board.as_mut() else { return };
         let want = self.machine.outputs();
         let have = *applied;
@@ -704,7 +848,7 @@ impl Driver {
         if have.map(|h| h.contactors) != Some(want.contactors) && !want.contactors {
             result = result.and(b.set_contactors(false, spec.phases).await);
         }
-        if have.map(|h| h.lock) != Some(want.lock) {
+        if have.map(|h| h.lock) != Some(want.lock) || (release_lock && !want.lock) {
             result = result.and(b.set_lock(want.lock).await);
         }
         if have.map(|h| h.pwm) != Some(want.pwm) {

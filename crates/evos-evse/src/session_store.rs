@@ -1,7 +1,9 @@
 //! Session records that survive a crash or a power cut.
 //!
 //! Per EVSE, `active-<id>.json` holds the active session (replaced
-//! atomically) and `history-<id>.jsonl` the ended ones, appended and fsynced.
+//! atomically) with the parent id of its token (so a restart keeps stop by
+//! parent id working), and `history-<id>.jsonl` the ended ones, appended and
+//! fsynced.
 //! Ending a session appends to the history first and removes the active file
 //! second; a crash between the two leaves an active file whose id is already
 //! in the history, which [`SessionStore::open`] recognises as ended.
@@ -16,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use evos_bus::evse::SessionRecord;
 use evos_service::persist::write_atomic;
+use serde::{Deserialize, Serialize};
 
 /// Ended sessions kept per EVSE.
 const HISTORY_KEEP: usize = 500;
@@ -43,11 +46,21 @@ fn supersede(history: &mut VecDeque<SessionRecord>, record: SessionRecord) {
     }
 }
 
+/// The active file: the record, and what the bus does not show of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Active {
+    #[serde(flatten)]
+    record: SessionRecord,
+    /// The parent id of the session's token; empty when none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    parent: String,
+}
+
 #[derive(Debug)]
 pub struct SessionStore {
     active_path: PathBuf,
     history_path: PathBuf,
-    active: Option<SessionRecord>,
+    active: Option<Active>,
     history: VecDeque<SessionRecord>,
 }
 
@@ -73,9 +86,9 @@ impl SessionStore {
             Err(e) => return Err(err(&history_path)(e)),
         }
         let active = match std::fs::read(&active_path) {
-            Ok(bytes) => match serde_json::from_slice::<SessionRecord>(&bytes) {
-                Ok(record) if history.iter().any(|h| h.id == record.id) => None,
-                Ok(record) => Some(record),
+            Ok(bytes) => match serde_json::from_slice::<Active>(&bytes) {
+                Ok(active) if history.iter().any(|h| h.id == active.record.id) => None,
+                Ok(active) => Some(active),
                 Err(e) => {
                     tracing::error!(path = %active_path.display(), "active session record is unreadable: {e}");
                     None
@@ -100,17 +113,28 @@ impl SessionStore {
     }
 
     pub fn active(&self) -> Option<&SessionRecord> {
-        self.active.as_ref()
+        self.active.as_ref().map(|a| &a.record)
+    }
+
+    /// The parent id of the active session's token; empty when none.
+    pub fn active_parent(&self) -> &str {
+        self.active.as_ref().map_or("", |a| a.parent.as_str())
     }
 
     pub fn history(&self) -> impl Iterator<Item = &SessionRecord> {
         self.history.iter()
     }
 
-    pub fn started(&mut self, record: &SessionRecord) -> Result<(), StoreError> {
-        let json = serde_json::to_vec(record).map_err(|e| err(&self.active_path)(e.into()))?;
+    /// Record the active session (again, when its record changed); `parent`
+    /// is its token's parent id.
+    pub fn started(&mut self, record: &SessionRecord, parent: &str) -> Result<(), StoreError> {
+        let active = Active {
+            record: record.clone(),
+            parent: parent.to_owned(),
+        };
+        let json = serde_json::to_vec(&active).map_err(|e| err(&self.active_path)(e.into()))?;
         write_atomic(&self.active_path, &json).map_err(err(&self.active_path))?;
-        self.active = Some(record.clone());
+        self.active = Some(active);
         Ok(())
     }
 
@@ -177,8 +201,6 @@ mod tests {
             fault: String::new(),
             stop_token: String::new(),
             reservation_id: 0,
-            stop_token: String::new(),
-            reservation_id: 0,
         }
     }
 
@@ -186,7 +208,7 @@ mod tests {
     fn active_survives_reopen_and_ends_once() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = SessionStore::open(dir.path(), 1).unwrap();
-        store.started(&record("a", 0)).unwrap();
+        store.started(&record("a", 0), "").unwrap();
         let mut store = SessionStore::open(dir.path(), 1).unwrap();
         assert_eq!(store.active().unwrap().id, "a");
         store.ended(&record("a", 5)).unwrap();
@@ -199,10 +221,27 @@ mod tests {
     }
 
     #[test]
+    fn the_parent_id_survives_reopen_and_old_files_have_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SessionStore::open(dir.path(), 1).unwrap();
+        store.started(&record("a", 0), "FLEET").unwrap();
+        let store = SessionStore::open(dir.path(), 1).unwrap();
+        assert_eq!(store.active(), Some(&record("a", 0)));
+        assert_eq!(store.active_parent(), "FLEET");
+
+        // A file written before parents were kept.
+        let old = serde_json::to_vec(&record("b", 0)).unwrap();
+        std::fs::write(dir.path().join("active-1.json"), old).unwrap();
+        let store = SessionStore::open(dir.path(), 1).unwrap();
+        assert_eq!(store.active(), Some(&record("b", 0)));
+        assert_eq!(store.active_parent(), "");
+    }
+
+    #[test]
     fn crash_between_history_and_active_removal_is_recognised() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = SessionStore::open(dir.path(), 1).unwrap();
-        store.started(&record("a", 0)).unwrap();
+        store.started(&record("a", 0), "").unwrap();
         let active = std::fs::read(dir.path().join("active-1.json")).unwrap();
         store.ended(&record("a", 5)).unwrap();
         std::fs::write(dir.path().join("active-1.json"), active).unwrap();

@@ -8,6 +8,12 @@
 //! [`Evse::outputs`], so outputs can never disagree with the state.
 //! Timers are deadlines ([`Evse::next_deadline`]) the service sleeps until;
 //! nothing polls.
+//!
+//! What the OCPP client asks of an EVSE is here too: stop by parent id
+//! (OCPP 1.6 §3.5 Local Authorization, StopTransaction §4.10), reservations
+//! (§3.11, ReserveNow §5.13, CancelReservation §5.3), UnlockConnector
+//! (§5.17), the ConnectionTimeOut key (§9.1 Core Profile) and the stop reasons of
+//! StopTransaction (§7.36 Reason).
 
 use std::time::Duration;
 
@@ -15,9 +21,12 @@ use evos_bus::evse::SessionRecord;
 use evos_hal::{BoardStatus, CpState, LockState, Measurement, PwmOutput};
 use tokio::time::Instant;
 
+use crate::auth::AuthStatus;
 use crate::config::Kind;
+use crate::reservation::Reservation;
 
-/// The lock must report Locked this soon after it is commanded.
+/// The lock must report Locked this soon after it is commanded, and
+/// Unlocked this soon after an unlock.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// A contactor whose feedback still reads closed this long after it was
 /// commanded open is welded. IEC 61851-1 A.5 gives the EVSE 100 ms to open
@@ -34,7 +43,8 @@ pub struct Spec {
     /// A socket outlet (lock and PP) rather than a tethered cable.
     pub socket: bool,
     pub nominal_voltage_v: f64,
-    /// Authorized but not plugged in: give up after this.
+    /// Authorized but not plugged in: give up after this (the configured
+    /// value; [`Input::SetConnectionTimeout`] changes it at run time).
     pub connection_timeout: Duration,
     /// Start a session on plug-in without a token.
     pub free_vend: bool,
@@ -165,6 +175,45 @@ impl ConnectorStatus {
     }
 }
 
+/// OCPP 1.6 ReservationStatus (§7.40), less `Rejected`: every EVSE takes
+/// reservations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveStatus {
+    Accepted,
+    Occupied,
+    Faulted,
+    Unavailable,
+}
+
+impl ReserveStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReserveStatus::Accepted => "Accepted",
+            ReserveStatus::Occupied => "Occupied",
+            ReserveStatus::Faulted => "Faulted",
+            ReserveStatus::Unavailable => "Unavailable",
+        }
+    }
+}
+
+/// OCPP 1.6 UnlockStatus (§7.46).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnlockStatus {
+    Unlocked,
+    UnlockFailed,
+    NotSupported,
+}
+
+impl UnlockStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnlockStatus::Unlocked => "Unlocked",
+            UnlockStatus::UnlockFailed => "UnlockFailed",
+            UnlockStatus::NotSupported => "NotSupported",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitUnit {
     Amps,
@@ -195,6 +244,7 @@ enum State {
     /// A token was accepted before the EV plugged in.
     Authorized {
         token: String,
+        parent: String,
         deadline: Instant,
     },
     /// An EV is plugged in, nobody has authorized it yet.
@@ -220,13 +270,27 @@ pub enum Input {
     Measurement(Measurement),
     /// A token read at the EVSE's reader.
     Token(String),
+    /// The authorizer's answer to [`Effect::Authorize`].
     AuthResult {
         token: String,
-        accepted: bool,
+        status: AuthStatus,
+        /// The token's parent id; empty when none or unknown.
+        parent: String,
     },
-    /// Start a session for a token already authorized elsewhere (remote start).
+    /// Start a session for a token already authorized elsewhere (remote
+    /// start). A reservation held for another token refuses it, unless the
+    /// token's parent (asked of the authorizer) is the reservation's.
     RemoteStart(String),
     Stop(StopReason),
+    /// ReserveNow; answered with [`Effect::ReserveStatus`].
+    Reserve(Reservation),
+    /// CancelReservation of this id.
+    CancelReservation(i32),
+    /// UnlockConnector; answered with [`Effect::Unlock`], now or once the
+    /// lock's feedback tells.
+    Unlock,
+    /// ConnectionTimeOut: for authorizations from now on.
+    SetConnectionTimeout(Duration),
     SetLimit(Option<Limit>),
     SetAvailable(bool),
     LinkDown,
@@ -253,10 +317,27 @@ pub enum Input {
 pub enum Effect {
     /// Ask the authorizer; answer with [`Input::AuthResult`].
     Authorize(String),
+    /// What an authorization asked for achieved here: the status to report
+    /// for a presented token (`Invalid` for one a reservation excludes), or
+    /// why a token was not taken. Answers the caller that presented it.
+    TokenDecided {
+        token: String,
+        outcome: Result<AuthStatus, Refusal>,
+    },
     SessionStarted(SessionRecord),
     /// The active session's record changed (its meter start); persist it.
     SessionUpdated(SessionRecord),
     SessionEnded(SessionRecord),
+    /// The reservation held changed (made, replaced, cancelled, expired or
+    /// consumed); persist it.
+    Reservation(Option<Reservation>),
+    /// The answer to [`Input::Reserve`].
+    ReserveStatus(ReserveStatus),
+    /// The outcome of [`Input::Unlock`].
+    Unlock(UnlockStatus),
+    /// Command the lock open again, even if it is commanded open already: an
+    /// unlock retries a stuck actuator.
+    ReleaseLock,
 }
 
 /// Why a command was refused.
@@ -266,6 +347,8 @@ pub enum Refusal {
     NotPermitted(String),
     #[error("{0}")]
     Busy(String),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// What the board must drive.
@@ -286,6 +369,42 @@ pub struct DcTarget {
     pub current_a: f64,
 }
 
+/// What the service kept from before a restart.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Restored {
+    /// The session that was active when the service last stopped.
+    pub session: Option<SessionRecord>,
+    /// The parent id of that session's token; empty when none.
+    pub parent: String,
+    /// The reservation held, not yet expired.
+    pub reservation: Option<Reservation>,
+}
+
+/// Why an authorization was asked for.
+#[derive(Debug, Clone, PartialEq)]
+enum Purpose {
+    /// A presented token, to start (or authorize) a session.
+    Start,
+    /// A token presented during session `0`: does its parent own it?
+    Stop(String),
+    /// A remote start at a reservation held for another token: the token's
+    /// parent may be the reservation's.
+    RemoteStart,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct PendingAuth {
+    token: String,
+    purpose: Purpose,
+}
+
+/// A reservation held, with its expiry on the monotonic clock.
+#[derive(Debug, Clone, PartialEq)]
+struct Held {
+    reservation: Reservation,
+    expires: Instant,
+}
+
 #[derive(Debug)]
 pub struct Evse {
     spec: Spec,
@@ -295,18 +414,37 @@ pub struct Evse {
     limit: Option<Limit>,
     dc_demand: Option<DcTarget>,
     operative: bool,
-    pending_auth: Option<String>,
+    pending_auth: Option<PendingAuth>,
     contactors_commanded: bool,
     contactors_commanded_at: Instant,
+    connection_timeout: Duration,
+    /// The parent id of the active session's token (stop by parent id).
+    session_parent: String,
+    reservation: Option<Held>,
+    /// An unlock waits for the lock's feedback until then.
+    unlock_deadline: Option<Instant>,
+}
+
+/// The monotonic instant of wall-clock time `at_ms`, seen at `now`. A
+/// wall-clock step later does not move it.
+fn mono_at(at_ms: i64, now: Now) -> Instant {
+    let ahead = u64::try_from(at_ms.saturating_sub(now.wall_ms)).unwrap_or(0);
+    now.mono + Duration::from_millis(ahead)
 }
 
 impl Evse {
-    /// A fresh EVSE; `active` is the session that was active when the
-    /// service last stopped, if any.
-    pub fn new(spec: Spec, active: Option<SessionRecord>, now: Now) -> Self {
+    /// A fresh EVSE, with what the service kept from before a restart.
+    pub fn new(spec: Spec, restored: Restored, now: Now) -> Self {
+        let reservation = restored.reservation.map(|reservation| Held {
+            expires: mono_at(reservation.expiry_ms, now),
+            reservation,
+        });
         Evse {
+            connection_timeout: spec.connection_timeout,
             spec,
-            state: State::Recovering { record: active },
+            state: State::Recovering {
+                record: restored.session,
+            },
             board: None,
             meter: None,
             limit: None,
@@ -315,6 +453,9 @@ impl Evse {
             pending_auth: None,
             contactors_commanded: false,
             contactors_commanded_at: now.mono,
+            session_parent: restored.parent,
+            reservation,
+            unlock_deadline: None,
         }
     }
 
@@ -326,6 +467,7 @@ impl Evse {
         let mut effects = Vec::new();
         let result = self.transition(input, now, &mut effects);
         self.check_faults(now, &mut effects);
+        self.check_unlock(&mut effects);
         let contactors = self.outputs().contactors;
         if contactors != self.contactors_commanded {
             self.contactors_commanded = contactors;
@@ -352,17 +494,11 @@ impl Evse {
                 }
             }
             Input::Token(token) => self.on_token(token, now, effects),
-            Input::AuthResult { token, accepted } => {
-                if self.pending_auth.as_deref() != Some(token.as_str()) {
-                    return Ok(()); // an answer to a request overtaken by events
-                }
-                self.pending_auth = None;
-                if !accepted {
-                    tracing::info!(evse = self.spec.id, token, "token not authorized");
-                    return Ok(());
-                }
-                self.authorized(token, now, effects);
-            }
+            Input::AuthResult {
+                token,
+                status,
+                parent,
+            } => self.on_auth_result(token, status, parent, now, effects),
             Input::RemoteStart(token) => {
                 match &self.state {
                     State::Faulted(f) => {
@@ -379,13 +515,53 @@ impl Evse {
                     }
                     _ => {}
                 }
-                self.authorized(token, now, effects);
+                match self.excluding_reservation(&token, "") {
+                    Some(r) if r.parent.is_empty() => {
+                        return Err(Refusal::NotPermitted(format!(
+                            "EVSE is reserved for another token (reservation {})",
+                            r.id
+                        )));
+                    }
+                    Some(_) => {
+                        // Its parent may be the reservation's: ask (§5.13).
+                        self.pending_auth = Some(PendingAuth {
+                            token: token.clone(),
+                            purpose: Purpose::RemoteStart,
+                        });
+                        effects.push(Effect::Authorize(token));
+                    }
+                    None => {
+                        self.authorized(token, String::new(), now, effects);
+                    }
+                }
             }
             Input::Stop(reason) => match &self.state {
                 State::Session { .. } => self.end_session(reason, None, now, effects),
                 State::Authorized { .. } => self.state = State::Available,
                 _ => return Err(Refusal::NotPermitted("no active session".into())),
             },
+            Input::Reserve(reservation) => {
+                let status = self.reserve(reservation, now, effects);
+                effects.push(Effect::ReserveStatus(status));
+            }
+            Input::CancelReservation(id) => match &self.reservation {
+                Some(held) if held.reservation.id == id => {
+                    tracing::info!(
+                        evse = self.spec.id,
+                        reservation = id,
+                        "reservation cancelled"
+                    );
+                    self.drop_reservation(now, effects);
+                }
+                _ => {
+                    return Err(Refusal::NotFound(format!(
+                        "EVSE {} holds no reservation {id}",
+                        self.spec.id
+                    )));
+                }
+            },
+            Input::Unlock => self.unlock(now, effects),
+            Input::SetConnectionTimeout(timeout) => self.connection_timeout = timeout,
             Input::SetLimit(limit) => self.limit = limit,
             Input::SetAvailable(operative) => {
                 self.operative = operative;
@@ -487,13 +663,12 @@ impl Evse {
             },
             State::Available if connected && self.operative => {
                 self.state = State::Occupied;
-                if self.spec.free_vend {
-                    self.start_session("FreeVend".into(), now, effects);
-                }
+                self.free_vend(now, effects);
             }
-            State::Authorized { token, .. } if connected => {
+            State::Authorized { token, parent, .. } if connected => {
                 let token = std::mem::take(token);
-                self.start_session(token, now, effects);
+                let parent = std::mem::take(parent);
+                self.start_session(token, parent, now, effects);
             }
             State::Occupied | State::Finishing if !connected => self.state = State::Available,
             State::Session { .. } if !connected => {
@@ -503,31 +678,256 @@ impl Evse {
         }
     }
 
+    /// Free vend starts a session for an EV waiting, unless a reservation
+    /// keeps the EVSE for its token.
+    fn free_vend(&mut self, now: Now, effects: &mut Vec<Effect>) {
+        if self.spec.free_vend
+            && self.operative
+            && self.reservation.is_none()
+            && matches!(self.state, State::Occupied)
+        {
+            self.start_session("FreeVend".into(), String::new(), now, effects);
+        }
+    }
+
     fn on_token(&mut self, token: String, now: Now, effects: &mut Vec<Effect>) {
         match &self.state {
             // The same card again ends its own session (OCPP 1.6 §3.5.2).
             State::Session { record, .. } if record.token.eq_ignore_ascii_case(&token) => {
-                self.end_session(StopReason::Local, None, now, effects);
+                self.finish(StopReason::Local, None, token, now, effects);
+            }
+            // Another card ends it when it has the session's parent id: ask
+            // for its parent (§3.5, TC_069).
+            State::Session { record, .. } if !self.session_parent.is_empty() => {
+                self.pending_auth = Some(PendingAuth {
+                    token: token.clone(),
+                    purpose: Purpose::Stop(record.id.clone()),
+                });
+                effects.push(Effect::Authorize(token));
             }
             State::Authorized { token: t, .. } if t.eq_ignore_ascii_case(&token) => {
                 self.state = State::Available;
             }
             State::Available | State::Occupied | State::Finishing if self.operative => {
-                self.pending_auth = Some(token.clone());
+                self.pending_auth = Some(PendingAuth {
+                    token: token.clone(),
+                    purpose: Purpose::Start,
+                });
                 effects.push(Effect::Authorize(token));
             }
             _ => tracing::info!(evse = self.spec.id, token, "token ignored in this state"),
         }
     }
 
-    fn authorized(&mut self, token: String, now: Now, effects: &mut Vec<Effect>) {
+    fn on_auth_result(
+        &mut self,
+        token: String,
+        status: AuthStatus,
+        parent: String,
+        now: Now,
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(pending) = self.pending_auth.take_if(|p| p.token == token) else {
+            return; // an answer to a request overtaken by events
+        };
+        let outcome = match pending.purpose {
+            Purpose::Start if status != AuthStatus::Accepted => {
+                tracing::info!(
+                    evse = self.spec.id,
+                    token,
+                    status = status.as_str(),
+                    "token not authorized"
+                );
+                Ok(status)
+            }
+            Purpose::Start => {
+                if let Some(r) = self.excluding_reservation(&token, &parent) {
+                    tracing::info!(
+                        evse = self.spec.id,
+                        token,
+                        reservation = r.id,
+                        "token refused: the EVSE is reserved for another"
+                    );
+                    Ok(AuthStatus::Invalid)
+                } else if self.authorized(token.clone(), parent, now, effects) {
+                    Ok(AuthStatus::Accepted)
+                } else {
+                    Err(self.not_taken())
+                }
+            }
+            Purpose::Stop(session) => {
+                let owns = !parent.is_empty()
+                    && parent.eq_ignore_ascii_case(&self.session_parent)
+                    && matches!(status, AuthStatus::Accepted | AuthStatus::ConcurrentTx);
+                match &self.state {
+                    State::Session { record, .. } if record.id == session && owns => {
+                        tracing::info!(
+                            evse = self.spec.id,
+                            token,
+                            parent,
+                            "session stopped by its parent id"
+                        );
+                        self.finish(StopReason::Local, None, token.clone(), now, effects);
+                        Ok(AuthStatus::Accepted)
+                    }
+                    State::Session { .. } => Err(Refusal::NotPermitted(format!(
+                        "token {token} does not own the session"
+                    ))),
+                    _ => Err(self.not_taken()),
+                }
+            }
+            Purpose::RemoteStart => {
+                if let Some(r) = self.excluding_reservation(&token, &parent) {
+                    Err(Refusal::NotPermitted(format!(
+                        "EVSE is reserved for another token (reservation {})",
+                        r.id
+                    )))
+                } else if self.authorized(token.clone(), parent, now, effects) {
+                    Ok(AuthStatus::Accepted)
+                } else {
+                    Err(self.not_taken())
+                }
+            }
+        };
+        effects.push(Effect::TokenDecided { token, outcome });
+    }
+
+    /// The reservation held for someone other than `token` (of `parent`).
+    fn excluding_reservation(&self, token: &str, parent: &str) -> Option<Reservation> {
+        self.reservation
+            .as_ref()
+            .filter(|held| !held.reservation.admits(token, parent))
+            .map(|held| held.reservation.clone())
+    }
+
+    fn not_taken(&self) -> Refusal {
+        Refusal::NotPermitted(format!("token not taken while {}", self.status().as_str()))
+    }
+
+    /// Authorize a session for `token`: wait for the EV, or start at once.
+    /// Returns whether the token was taken.
+    fn authorized(
+        &mut self,
+        token: String,
+        parent: String,
+        now: Now,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
+        if !self.operative {
+            return false;
+        }
         match self.state {
             State::Available | State::Authorized { .. } => {
-                let deadline = now.mono + self.spec.connection_timeout;
-                self.state = State::Authorized { token, deadline };
+                let deadline = now.mono + self.connection_timeout;
+                self.state = State::Authorized {
+                    token,
+                    parent,
+                    deadline,
+                };
+                true
             }
-            State::Occupied | State::Finishing => self.start_session(token, now, effects),
-            _ => {}
+            State::Occupied | State::Finishing => {
+                self.start_session(token, parent, now, effects);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// ReserveNow (§5.13): the checks in the order the spec lists them.
+    fn reserve(
+        &mut self,
+        reservation: Reservation,
+        now: Now,
+        effects: &mut Vec<Effect>,
+    ) -> ReserveStatus {
+        if matches!(self.state, State::Faulted(_)) {
+            return ReserveStatus::Faulted;
+        }
+        if !self.operative {
+            return ReserveStatus::Unavailable;
+        }
+        let same_id = self
+            .reservation
+            .as_ref()
+            .map(|held| held.reservation.id == reservation.id);
+        let ev_connected = self.board.as_ref().is_some_and(|b| b.cp.ev_connected());
+        let free = match &self.state {
+            State::Available | State::Recovering { record: None } => !ev_connected,
+            // An EV waiting at this very reservation: replacing it is fine.
+            State::Occupied => same_id == Some(true),
+            _ => false,
+        };
+        if !free || same_id == Some(false) {
+            return ReserveStatus::Occupied;
+        }
+        tracing::info!(
+            evse = self.spec.id,
+            reservation = reservation.id,
+            token = reservation.token,
+            expiry_ms = reservation.expiry_ms,
+            "reserved"
+        );
+        effects.push(Effect::Reservation(Some(reservation.clone())));
+        self.reservation = Some(Held {
+            expires: mono_at(reservation.expiry_ms, now),
+            reservation,
+        });
+        ReserveStatus::Accepted
+    }
+
+    /// The reservation ends unused (cancelled or expired).
+    fn drop_reservation(&mut self, now: Now, effects: &mut Vec<Effect>) {
+        if self.reservation.take().is_some() {
+            effects.push(Effect::Reservation(None));
+            // An EV that waited behind the reservation may charge now.
+            self.free_vend(now, effects);
+        }
+    }
+
+    /// UnlockConnector (§5.17): end the session first, then open the lock
+    /// and wait for its feedback.
+    fn unlock(&mut self, now: Now, effects: &mut Vec<Effect>) {
+        if !self.spec.socket {
+            // A tethered cable has no lock; the session is not ended either.
+            effects.push(Effect::Unlock(UnlockStatus::NotSupported));
+            return;
+        }
+        if let State::Recovering {
+            record: Some(record),
+        } = &self.state
+        {
+            self.state = State::Session {
+                record: record.clone(),
+                lock_deadline: None,
+            };
+        }
+        if matches!(self.state, State::Session { .. }) {
+            self.end_session(StopReason::UnlockCommand, None, now, effects);
+        }
+        if self.outputs().lock {
+            // A welded contactor keeps the connector live: it stays locked.
+            tracing::warn!(
+                evse = self.spec.id,
+                "unlock refused: the connector must stay locked"
+            );
+            effects.push(Effect::Unlock(UnlockStatus::UnlockFailed));
+            return;
+        }
+        effects.push(Effect::ReleaseLock);
+        self.unlock_deadline = Some(now.mono + LOCK_TIMEOUT);
+    }
+
+    /// An unlock is done once the feedback reads unlocked.
+    fn check_unlock(&mut self, effects: &mut Vec<Effect>) {
+        if self.unlock_deadline.is_some()
+            && self
+                .board
+                .as_ref()
+                .is_some_and(|b| b.lock == LockState::Unlocked)
+        {
+            self.unlock_deadline = None;
+            effects.push(Effect::Unlock(UnlockStatus::Unlocked));
         }
     }
 
@@ -537,6 +937,24 @@ impl Evse {
         {
             tracing::info!(evse = self.spec.id, "charging limit expired");
             self.limit = None;
+        }
+        if let Some(held) = &self.reservation
+            && held.expires <= now.mono
+        {
+            tracing::info!(
+                evse = self.spec.id,
+                reservation = held.reservation.id,
+                "reservation expired"
+            );
+            self.drop_reservation(now, effects);
+        }
+        if self.unlock_deadline.is_some_and(|at| at <= now.mono) {
+            tracing::warn!(
+                evse = self.spec.id,
+                "unlock failed: the lock does not read unlocked"
+            );
+            self.unlock_deadline = None;
+            effects.push(Effect::Unlock(UnlockStatus::UnlockFailed));
         }
         match &self.state {
             State::Authorized { deadline, .. } if *deadline <= now.mono => {
@@ -638,9 +1056,19 @@ impl Evse {
         self.state = State::Faulted(fault);
     }
 
-    fn start_session(&mut self, token: String, now: Now, effects: &mut Vec<Effect>) {
+    fn start_session(
+        &mut self,
+        token: String,
+        parent: String,
+        now: Now,
+        effects: &mut Vec<Effect>,
+    ) {
         let meter = self.meter.map_or(0.0, |m| m.energy_wh);
-        let record = SessionRecord {
+        let consumed = self
+            .reservation
+            .take_if(|held| held.reservation.admits(&token, &parent))
+            .map(|held| held.reservation.id);
+        let mut record = SessionRecord {
             id: format!("{}-{}", self.spec.id, now.wall_ms),
             evse: self.spec.id,
             token,
@@ -653,13 +1081,21 @@ impl Evse {
             stop_token: String::new(),
             reservation_id: 0,
         };
+        if let Some(id) = consumed {
+            record.reservation_id = id;
+        }
         tracing::info!(
             evse = self.spec.id,
             session = record.id,
             token = record.token,
+            reservation = record.reservation_id,
             "session started"
         );
+        self.session_parent = parent;
         effects.push(Effect::SessionStarted(record.clone()));
+        if consumed.is_some() {
+            effects.push(Effect::Reservation(None));
+        }
         let lock_deadline = self.spec.socket.then_some(now.mono + LOCK_TIMEOUT);
         self.state = State::Session {
             record,
@@ -671,6 +1107,18 @@ impl Evse {
         &mut self,
         reason: StopReason,
         fault: Option<Fault>,
+        now: Now,
+        effects: &mut Vec<Effect>,
+    ) {
+        self.finish(reason, fault, String::new(), now, effects);
+    }
+
+    /// End the session; `stop_token` is the token that ended it, if one did.
+    fn finish(
+        &mut self,
+        reason: StopReason,
+        fault: Option<Fault>,
+        stop_token: String,
         now: Now,
         effects: &mut Vec<Effect>,
     ) {
@@ -699,6 +1147,8 @@ impl Evse {
         record.ended_ms = now.wall_ms.max(record.started_ms + 1);
         record.stop_reason = reason.as_str().into();
         record.fault = fault.map(|f| f.as_str().to_owned()).unwrap_or_default();
+        record.stop_token = stop_token;
+        self.session_parent.clear();
         tracing::info!(
             evse = self.spec.id,
             session = record.id,
@@ -797,6 +1247,13 @@ impl Evse {
             State::Available | State::Recovering { record: None } if !self.operative => {
                 ConnectorStatus::Unavailable
             }
+            // §4.9: Reserved until the reserved identity is presented, even
+            // with an EV plugged in.
+            State::Available | State::Occupied | State::Recovering { record: None }
+                if self.reservation.is_some() && self.operative =>
+            {
+                ConnectorStatus::Reserved
+            }
             State::Available | State::Recovering { record: None } => ConnectorStatus::Available,
             State::Authorized { .. } | State::Occupied => ConnectorStatus::Preparing,
             State::Finishing => ConnectorStatus::Finishing,
@@ -848,6 +1305,20 @@ impl Evse {
         self.meter
     }
 
+    /// The reservation held, if any.
+    pub fn reservation(&self) -> Option<&Reservation> {
+        self.reservation.as_ref().map(|held| &held.reservation)
+    }
+
+    /// The parent id of the active session's token; empty when none.
+    pub fn session_parent(&self) -> &str {
+        &self.session_parent
+    }
+
+    pub fn connection_timeout(&self) -> Duration {
+        self.connection_timeout
+    }
+
     /// The earliest time at which [`Input::Tick`] must be delivered.
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut deadlines = vec![];
@@ -862,6 +1333,8 @@ impl Evse {
         if let Some(at) = self.limit.and_then(|l| l.expires) {
             deadlines.push(at);
         }
+        deadlines.extend(self.reservation.as_ref().map(|held| held.expires));
+        deadlines.extend(self.unlock_deadline);
         // Not once the weld is detected, nor while a tripped RCD masks it: a
         // Tick could change nothing, and a past deadline would spin the service.
         if !self.contactors_commanded

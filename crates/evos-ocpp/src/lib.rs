@@ -17,6 +17,7 @@ pub mod rpc;
 pub mod service;
 pub mod transport;
 pub mod v16;
+pub mod wire;
 
 pub use config::Config;
 pub use service::run;

@@ -133,8 +133,8 @@ pub async fn run(
         answer_within: Duration::from_secs(config.response_timeout_s + 5),
     };
     let connection = evos_bus::connection_builder(bus_address)
-        .serve_at(contract::PATH, object)?
-        .name(contract::BUS_NAME)?
+        .serve_at(contract::PATH, object)
+        .name(contract::BUS_NAME)
         .build()
         .await?;
 
@@ -144,11 +144,11 @@ pub async fn run(
     };
     for id in 1..=connectors {
         let evse = Evse1Proxy::builder(&connection)
-            .path(evos_bus::evse::path(id))?
+            .path(evos_bus::evse::path(id))
             .build()
             .await?;
         let meter = Meter1Proxy::builder(&connection)
-            .path(evos_bus::meter::path(id))?
+            .path(evos_bus::meter::path(id))
             .build()
             .await?;
         bus.evse.insert(id, evse);
@@ -218,7 +218,7 @@ async fn watch_evse(id: u32, proxy: Evse1Proxy<'static>, events: mpsc::Sender<Ev
     let (Ok(mut started), Ok(mut ended), Ok(mut owner)) = (
         proxy.receive_session_started().await,
         proxy.receive_session_ended().await,
-        proxy.receive_owner_changed().await,
+        proxy.inner().receive_owner_changed().await,
     ) else {
         tracing::error!(evse = id, "cannot subscribe to Evse1 signals");
         return;

@@ -146,10 +146,21 @@ impl Rig {
 
     /// A service start with `active` the session persisted before.
     fn restarted(spec: Spec, active: Option<SessionRecord>) -> Self {
+        Self::restored(
+            spec,
+            Restored {
+                session: active,
+                ..Restored::default()
+            },
+        )
+    }
+
+    /// A service start with what it kept from before.
+    fn restored(spec: Spec, restored: Restored) -> Self {
         let t0 = Instant::now();
         let evse = Evse::new(
             spec,
-            active,
+            restored,
             Now {
                 mono: t0,
                 wall_ms: WALL0,
@@ -213,11 +224,43 @@ impl Rig {
         self.step(Input::Token(token.into()))
     }
 
-    fn auth(&mut self, token: &str, accepted: bool) -> Vec<Effect> {
-        self.step(Input::AuthResult {
+    /// The authorizer answers `status` and `parent` for `token`: the other
+    /// effects, and what the decision told the token's presenter (if any).
+    fn decide(
+        &mut self,
+        token: &str,
+        status: AuthStatus,
+        parent: &str,
+    ) -> (Vec<Effect>, Option<Result<AuthStatus, Refusal>>) {
+        let effects = self.step(Input::AuthResult {
             token: token.into(),
-            accepted,
-        })
+            status,
+            parent: parent.into(),
+        });
+        let mut decision = None;
+        let rest = effects
+            .into_iter()
+            .filter(|e| match e {
+                Effect::TokenDecided { token: t, outcome } => {
+                    assert_eq!(t, token, "decided for the token asked about");
+                    assert!(decision.is_none(), "decided once");
+                    decision = Some(outcome.clone());
+                    false
+                }
+                _ => true,
+            })
+            .collect();
+        (rest, decision)
+    }
+
+    /// The authorizer accepts (or not) `token`, without a parent id.
+    fn auth(&mut self, token: &str, accepted: bool) -> Vec<Effect> {
+        let status = if accepted {
+            AuthStatus::Accepted
+        } else {
+            AuthStatus::Invalid
+        };
+        self.decide(token, status, "").0
     }
 
     /// Present `token` and accept it, as the authorizer would.
@@ -1692,4 +1735,546 @@ fn a_power_fault_ends_the_dc_session_and_leaves_the_evse_usable() {
         rig.try_step(dc_demand(f64::NAN, 1.0)),
         Err(Refusal::NotPermitted(_))
     ));
+}
+
+#[test]
+fn every_ocpp_stop_reason_parses() {
+    for reason in [
+        "DeAuthorized",
+        "EmergencyStop",
+        "EVDisconnected",
+        "HardReset",
+        "Local",
+        "Other",
+        "PowerLoss",
+        "Reboot",
+        "Remote",
+        "SoftReset",
+        "UnlockCommand",
+    ] {
+        let parsed = StopReason::parse(reason).unwrap_or_else(|| panic!("{reason}"));
+        assert_eq!(parsed.as_str(), reason);
+    }
+    assert_eq!(StopReason::parse(""), None);
+    assert_eq!(StopReason::parse("Unplugged"), None);
+}
+
+// ---------------------------------------------------------------------------
+// Stop by parent id (OCPP 1.6 §3.5, TC_069)
+// ---------------------------------------------------------------------------
+
+/// A session started by "CARD-1", whose parent id is "FLEET"; EV in C,
+/// energy flowing.
+fn charging_with_parent(spec: Spec) -> (Rig, SessionRecord) {
+    let mut rig = plugged(spec);
+    assert_eq!(rig.token("CARD-1"), [Effect::Authorize("CARD-1".into())]);
+    let (effects, decision) = rig.decide("CARD-1", AuthStatus::Accepted, "FLEET");
+    assert_eq!(decision, Some(Ok(AuthStatus::Accepted)));
+    let record = started(effects);
+    assert_eq!(rig.evse.session_parent(), "FLEET");
+    rig.board(ev(C).cable(32).locked().closed());
+    (rig, record)
+}
+
+#[test]
+fn a_token_with_the_sessions_parent_id_stops_it() {
+    let (mut rig, record) = charging_with_parent(tethered_ac());
+    // Its parent is unknown until the authorizer tells.
+    assert_eq!(rig.token("CARD-2"), [Effect::Authorize("CARD-2".into())]);
+    assert_eq!(rig.status(), ConnectorStatus::Charging);
+
+    let (effects, decision) = rig.decide("CARD-2", AuthStatus::Accepted, "fleet");
+    assert_eq!(decision, Some(Ok(AuthStatus::Accepted)));
+    let end = ended(effects);
+    assert_eq!(end.id, record.id);
+    assert_eq!(end.token, "CARD-1");
+    assert_eq!(end.stop_token, "CARD-2", "who stopped it is on record");
+    assert_eq!(end.stop_reason, "Local");
+    assert_eq!(rig.evse.session_parent(), "", "forgotten with the session");
+    assert_eq!(rig.status(), ConnectorStatus::Finishing);
+}
+
+#[test]
+fn a_token_with_another_or_no_parent_does_not_stop_the_session() {
+    let (mut rig, _) = charging_with_parent(tethered_ac());
+    for (token, status, parent) in [
+        ("CARD-2", AuthStatus::Accepted, "OTHER"),
+        ("CARD-3", AuthStatus::Accepted, ""),
+        ("CARD-4", AuthStatus::Blocked, "FLEET"),
+    ] {
+        assert_eq!(rig.token(token), [Effect::Authorize(token.into())]);
+        let (effects, decision) = rig.decide(token, status, parent);
+        assert_eq!(effects, [], "{token}");
+        assert!(
+            matches!(decision, Some(Err(Refusal::NotPermitted(_)))),
+            "{token}: {decision:?}"
+        );
+        assert_eq!(rig.status(), ConnectorStatus::Charging);
+    }
+}
+
+#[test]
+fn the_same_token_stops_and_is_recorded_as_presented() {
+    let (mut rig, _) = charging_with_parent(tethered_ac());
+    let end = ended(rig.token("card-1"));
+    assert_eq!(end.stop_token, "card-1");
+}
+
+#[test]
+fn a_stop_over_the_bus_records_no_stop_token() {
+    let (mut rig, _) = charging_with_parent(tethered_ac());
+    let end = ended(rig.step(Input::Stop(StopReason::Remote)));
+    assert_eq!(end.stop_reason, "Remote");
+    assert_eq!(end.stop_token, "");
+}
+
+#[test]
+fn a_parent_answer_after_the_session_ended_stops_nothing() {
+    let (mut rig, _) = charging_with_parent(tethered_ac());
+    rig.token("CARD-2");
+    ended(rig.board(ev(A)));
+    let (effects, decision) = rig.decide("CARD-2", AuthStatus::Accepted, "FLEET");
+    assert_eq!(effects, []);
+    assert!(matches!(decision, Some(Err(Refusal::NotPermitted(_)))));
+    assert_eq!(rig.status(), ConnectorStatus::Available);
+}
+
+#[test]
+fn the_sessions_parent_id_survives_a_restart() {
+    let mut rig = Rig::restored(
+        tethered_ac(),
+        Restored {
+            session: Some(persisted_session()),
+            parent: "FLEET".into(),
+            reservation: None,
+        },
+    );
+    rig.board(ev(C));
+    assert_eq!(rig.evse.session_parent(), "FLEET");
+    assert_eq!(rig.token("CARD-2"), [Effect::Authorize("CARD-2".into())]);
+    let (effects, _) = rig.decide("CARD-2", AuthStatus::ConcurrentTx, "FLEET");
+    assert_eq!(ended(effects).stop_token, "CARD-2");
+}
+
+#[test]
+fn only_accepted_starts_a_session() {
+    for status in [
+        AuthStatus::Blocked,
+        AuthStatus::Expired,
+        AuthStatus::Invalid,
+        AuthStatus::ConcurrentTx,
+    ] {
+        let mut rig = plugged(tethered_ac());
+        rig.token("CARD-1");
+        let (effects, decision) = rig.decide("CARD-1", status, "FLEET");
+        assert_eq!(effects, [], "{status:?}");
+        assert_eq!(
+            decision,
+            Some(Ok(status)),
+            "reported as the authorizer said"
+        );
+        assert_eq!(rig.evse.session(), None);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reservations (OCPP 1.6 §3.11, §5.13 ReserveNow, §5.3 CancelReservation)
+// ---------------------------------------------------------------------------
+
+/// Reservation 7 for "RES-1" (parent `parent`), expiring in an hour.
+fn reservation(rig: &Rig, parent: &str) -> Reservation {
+    Reservation {
+        id: 7,
+        token: "RES-1".into(),
+        parent: parent.into(),
+        expiry_ms: rig.wall_ms() + 3_600_000,
+    }
+}
+
+impl Rig {
+    fn reserve(&mut self, r: Reservation) -> (Vec<Effect>, ReserveStatus) {
+        let effects = self.step(Input::Reserve(r));
+        let (answers, rest): (Vec<_>, Vec<_>) = effects
+            .into_iter()
+            .partition(|e| matches!(e, Effect::ReserveStatus(_)));
+        match <[Effect; 1]>::try_from(answers) {
+            Ok([Effect::ReserveStatus(status)]) => (rest, status),
+            other => panic!("expected one ReserveStatus, got {other:?}"),
+        }
+    }
+
+    /// Reserve and expect it accepted and announced.
+    fn reserved(&mut self, r: Reservation) {
+        let (effects, status) = self.reserve(r.clone());
+        assert_eq!(status, ReserveStatus::Accepted);
+        assert_eq!(effects, [Effect::Reservation(Some(r.clone()))]);
+        assert_eq!(self.evse.reservation(), Some(&r));
+    }
+}
+
+/// Idle, reserved by reservation 7 for "RES-1" (parent `parent`).
+fn reserved(spec: Spec, parent: &str) -> (Rig, Reservation) {
+    let mut rig = idle(spec);
+    let r = reservation(&rig, parent);
+    rig.reserved(r.clone());
+    assert_eq!(rig.status(), ConnectorStatus::Reserved);
+    (rig, r)
+}
+
+#[test]
+fn a_reservation_shows_reserved_and_expires_at_its_time() {
+    let (mut rig, r) = reserved(socket_ac(), "");
+    assert_eq!(
+        rig.evse.next_deadline(),
+        Some(rig.mono() + Duration::from_secs(3600))
+    );
+    assert_eq!(rig.outputs(), outputs(PwmOutput::Off, false, false));
+
+    rig.advance(Duration::from_secs(3600) - Duration::from_millis(1));
+    assert_eq!(rig.tick(), []);
+    assert_eq!(rig.status(), ConnectorStatus::Reserved);
+
+    rig.advance_to(rig.evse.next_deadline().unwrap());
+    assert_eq!(rig.wall_ms(), r.expiry_ms);
+    assert_eq!(rig.tick(), [Effect::Reservation(None)]);
+    assert_eq!(rig.status(), ConnectorStatus::Available);
+    assert_eq!(rig.evse.reservation(), None);
+    assert_eq!(rig.evse.next_deadline(), None);
+}
+
+#[test]
+fn a_reservation_is_occupied_by_an_ev_a_session_or_another_reservation() {
+    let mut rig = plugged(tethered_ac());
+    let r = reservation(&rig, "");
+    assert_eq!(rig.reserve(r.clone()), (vec![], ReserveStatus::Occupied));
+
+    let (mut rig, _) = charging(tethered_ac());
+    assert_eq!(rig.reserve(r.clone()), (vec![], ReserveStatus::Occupied));
+
+    let mut rig = idle(tethered_ac());
+    rig.authorize("CARD-1");
+    assert_eq!(rig.status(), ConnectorStatus::Preparing);
+    assert_eq!(rig.reserve(r.clone()), (vec![], ReserveStatus::Occupied));
+
+    let (mut rig, held) = reserved(tethered_ac(), "");
+    let other = Reservation { id: 8, ..r };
+    assert_eq!(rig.reserve(other), (vec![], ReserveStatus::Occupied));
+    assert_eq!(rig.evse.reservation(), Some(&held));
+}
+
+#[test]
+fn a_reservation_is_refused_when_faulted_or_unavailable() {
+    let mut rig = idle(tethered_ac());
+    let r = reservation(&rig, "");
+    rig.board(ev(A).rcd());
+    assert_eq!(rig.reserve(r.clone()), (vec![], ReserveStatus::Faulted));
+
+    let mut rig = idle(tethered_ac());
+    rig.step(Input::SetAvailable(false));
+    assert_eq!(rig.reserve(r), (vec![], ReserveStatus::Unavailable));
+    assert_eq!(rig.evse.reservation(), None);
+}
+
+#[test]
+fn the_same_reservation_id_replaces_the_reservation() {
+    let (mut rig, r) = reserved(tethered_ac(), "");
+    let replaced = Reservation {
+        token: "RES-2".into(),
+        expiry_ms: r.expiry_ms + 60_000,
+        ..r
+    };
+    rig.reserved(replaced);
+    assert_eq!(
+        rig.evse.next_deadline(),
+        Some(rig.mono() + Duration::from_secs(3660))
+    );
+}
+
+#[test]
+fn cancel_ends_the_reservation_and_an_unknown_id_is_not_found() {
+    let (mut rig, r) = reserved(tethered_ac(), "");
+    assert!(matches!(
+        rig.refused(Input::CancelReservation(8)),
+        Refusal::NotFound(_)
+    ));
+    assert_eq!(rig.evse.reservation(), Some(&r));
+    assert_eq!(
+        rig.step(Input::CancelReservation(7)),
+        [Effect::Reservation(None)]
+    );
+    assert_eq!(rig.status(), ConnectorStatus::Available);
+    assert!(matches!(
+        rig.refused(Input::CancelReservation(7)),
+        Refusal::NotFound(_)
+    ));
+}
+
+#[test]
+fn the_reserved_token_consumes_the_reservation_when_its_session_starts() {
+    let (mut rig, _) = reserved(tethered_ac(), "");
+    assert_eq!(rig.token("res-1"), [Effect::Authorize("res-1".into())]);
+    let (effects, decision) = rig.decide("res-1", AuthStatus::Accepted, "");
+    assert_eq!(effects, []);
+    assert_eq!(decision, Some(Ok(AuthStatus::Accepted)));
+    // Authorized, waiting for the EV: the reservation still holds.
+    assert_eq!(rig.status(), ConnectorStatus::Preparing);
+    assert!(rig.evse.reservation().is_some());
+
+    let effects = rig.board(ev(B));
+    match effects.as_slice() {
+        [Effect::SessionStarted(record), Effect::Reservation(None)] => {
+            assert_eq!(record.token, "res-1");
+            assert_eq!(record.reservation_id, 7);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rig.evse.reservation(), None);
+    assert_eq!(rig.evse.session().unwrap().reservation_id, 7);
+}
+
+#[test]
+fn an_ev_plugged_in_at_a_reservation_waits_for_the_reserved_token() {
+    let (mut rig, _) = reserved(tethered_ac(), "");
+    assert_eq!(rig.board(ev(B)), []);
+    assert_eq!(rig.status(), ConnectorStatus::Reserved);
+
+    rig.token("OTHER");
+    let (effects, decision) = rig.decide("OTHER", AuthStatus::Accepted, "");
+    assert_eq!(effects, []);
+    assert_eq!(decision, Some(Ok(AuthStatus::Invalid)), "refused here");
+    assert_eq!(rig.status(), ConnectorStatus::Reserved);
+    assert_eq!(rig.evse.session(), None);
+
+    rig.token("RES-1");
+    let (effects, _) = rig.decide("RES-1", AuthStatus::Accepted, "");
+    assert!(matches!(
+        effects.as_slice(),
+        [Effect::SessionStarted(r), Effect::Reservation(None)] if r.reservation_id == 7
+    ));
+}
+
+#[test]
+fn a_token_of_the_reservations_parent_may_use_it() {
+    let (mut rig, _) = reserved(tethered_ac(), "FLEET");
+    rig.board(ev(B));
+    rig.token("CARD-9");
+    let (effects, decision) = rig.decide("CARD-9", AuthStatus::Accepted, "fleet");
+    assert_eq!(decision, Some(Ok(AuthStatus::Accepted)));
+    match effects.as_slice() {
+        [Effect::SessionStarted(record), Effect::Reservation(None)] => {
+            assert_eq!(record.token, "CARD-9");
+            assert_eq!(record.reservation_id, 7);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rig.evse.session_parent(), "fleet");
+}
+
+#[test]
+fn remote_start_honours_the_reservation() {
+    // Another token, no parent to match: refused at once.
+    let (mut rig, _) = reserved(tethered_ac(), "");
+    assert!(matches!(
+        rig.refused(Input::RemoteStart("OTHER".into())),
+        Refusal::NotPermitted(_)
+    ));
+    assert_eq!(rig.status(), ConnectorStatus::Reserved);
+    // The reserved token: authorized until the EV plugs in.
+    assert_eq!(rig.step(Input::RemoteStart("RES-1".into())), []);
+    assert_eq!(rig.status(), ConnectorStatus::Preparing);
+    let record = match rig.board(ev(B)).as_slice() {
+        [Effect::SessionStarted(r), Effect::Reservation(None)] => r.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(record.reservation_id, 7);
+}
+
+#[test]
+fn remote_start_at_a_reservation_with_a_parent_asks_for_the_tokens_parent() {
+    let (mut rig, _) = reserved(tethered_ac(), "FLEET");
+    rig.board(ev(B));
+    assert_eq!(
+        rig.step(Input::RemoteStart("OTHER".into())),
+        [Effect::Authorize("OTHER".into())]
+    );
+    let (effects, decision) = rig.decide("OTHER", AuthStatus::Accepted, "NOT-FLEET");
+    assert_eq!(effects, []);
+    assert!(matches!(decision, Some(Err(Refusal::NotPermitted(_)))));
+    assert_eq!(rig.status(), ConnectorStatus::Reserved);
+
+    rig.step(Input::RemoteStart("MEMBER".into()));
+    let (effects, decision) = rig.decide("MEMBER", AuthStatus::Accepted, "FLEET");
+    assert_eq!(decision, Some(Ok(AuthStatus::Accepted)));
+    assert!(matches!(
+        effects.as_slice(),
+        [Effect::SessionStarted(r), Effect::Reservation(None)] if r.token == "MEMBER"
+    ));
+}
+
+#[test]
+fn free_vend_waits_for_the_reserved_token_and_starts_once_the_reservation_ends() {
+    let spec = Spec {
+        free_vend: true,
+        ..tethered_ac()
+    };
+    let (mut rig, _) = reserved(spec, "");
+    assert_eq!(rig.board(ev(B)), [], "no free session at a reservation");
+    assert_eq!(rig.status(), ConnectorStatus::Reserved);
+
+    let effects = rig.step(Input::CancelReservation(7));
+    match effects.as_slice() {
+        [Effect::Reservation(None), Effect::SessionStarted(record)] => {
+            assert_eq!(record.token, "FreeVend");
+            assert_eq!(record.reservation_id, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn faulted_and_unavailable_show_over_reserved() {
+    let (mut rig, r) = reserved(tethered_ac(), "");
+    rig.step(Input::SetAvailable(false));
+    assert_eq!(rig.status(), ConnectorStatus::Unavailable);
+    rig.step(Input::SetAvailable(true));
+    assert_eq!(rig.status(), ConnectorStatus::Reserved);
+    rig.board(ev(A).rcd());
+    assert_eq!(rig.status(), ConnectorStatus::Faulted);
+    assert_eq!(rig.evse.reservation(), Some(&r), "the reservation holds");
+    rig.board(ev(A));
+    assert_eq!(rig.status(), ConnectorStatus::Reserved);
+}
+
+#[test]
+fn a_restored_reservation_holds_until_its_wall_clock_expiry() {
+    let r = Reservation {
+        id: 3,
+        token: "RES-1".into(),
+        parent: String::new(),
+        expiry_ms: WALL0 + 90_000,
+    };
+    let mut rig = Rig::restored(
+        tethered_ac(),
+        Restored {
+            reservation: Some(r.clone()),
+            ..Restored::default()
+        },
+    );
+    rig.board(ev(A));
+    assert_eq!(rig.status(), ConnectorStatus::Reserved);
+    assert_eq!(rig.evse.reservation(), Some(&r));
+    assert_eq!(
+        rig.evse.next_deadline(),
+        Some(rig.mono() + Duration::from_secs(90))
+    );
+}
+
+// ---------------------------------------------------------------------------
+// UnlockConnector (OCPP 1.6 §5.17)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn unlock_during_a_session_ends_it_then_waits_for_the_lock() {
+    let (mut rig, record) = charging(socket_ac());
+    assert!(rig.outputs().lock);
+    let effects = rig.step(Input::Unlock);
+    match effects.as_slice() {
+        [Effect::SessionEnded(end), Effect::ReleaseLock] => {
+            assert_eq!(end.id, record.id);
+            assert_eq!(end.stop_reason, "UnlockCommand");
+            assert_eq!(end.stop_token, "");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rig.outputs(), outputs(PwmOutput::Off, false, false));
+    let unlock_deadline = rig.mono() + LOCK_TIMEOUT;
+
+    // The contactors open first; the lock still reads locked.
+    assert_eq!(rig.board(ev(B).cable(32).locked()), []);
+    assert_eq!(rig.evse.next_deadline(), Some(unlock_deadline));
+    rig.advance(Duration::from_millis(300));
+    assert_eq!(
+        rig.board(ev(B).cable(32)),
+        [Effect::Unlock(UnlockStatus::Unlocked)]
+    );
+    assert_eq!(rig.status(), ConnectorStatus::Finishing);
+    assert_eq!(rig.evse.next_deadline(), None);
+}
+
+#[test]
+fn unlock_of_a_lock_that_reads_unlocked_answers_at_once() {
+    let mut rig = idle(socket_ac());
+    assert_eq!(
+        rig.step(Input::Unlock),
+        [Effect::ReleaseLock, Effect::Unlock(UnlockStatus::Unlocked)]
+    );
+}
+
+#[test]
+fn unlock_fails_when_the_lock_does_not_open() {
+    let mut rig = plugged(socket_ac());
+    rig.board(ev(B).cable(32).lock(LockState::Fault));
+    assert_faulted(&rig, Fault::LockFailure);
+    assert_eq!(rig.step(Input::Unlock), [Effect::ReleaseLock]);
+    rig.advance(LOCK_TIMEOUT - Duration::from_millis(1));
+    assert_eq!(rig.tick(), []);
+    rig.advance(Duration::from_millis(1));
+    assert_eq!(rig.tick(), [Effect::Unlock(UnlockStatus::UnlockFailed)]);
+    assert_eq!(rig.evse.next_deadline(), None);
+}
+
+#[test]
+fn unlock_of_a_tethered_cable_is_not_supported_and_keeps_the_session() {
+    let (mut rig, _) = charging(tethered_ac());
+    assert_eq!(
+        rig.step(Input::Unlock),
+        [Effect::Unlock(UnlockStatus::NotSupported)]
+    );
+    assert_eq!(rig.status(), ConnectorStatus::Charging);
+}
+
+#[test]
+fn unlock_keeps_a_connector_with_a_welded_contactor_locked() {
+    let (mut rig, _) = charging(socket_ac());
+    rig.board(ev(B).cable(32).locked().closed());
+    rig.advance(WELD_GRACE);
+    ended(rig.tick());
+    assert_faulted(&rig, Fault::ContactorWelded);
+    assert_eq!(
+        rig.step(Input::Unlock),
+        [Effect::Unlock(UnlockStatus::UnlockFailed)]
+    );
+    assert!(rig.outputs().lock);
+}
+
+#[test]
+fn unlock_ends_a_session_resumed_before_the_board_is_heard() {
+    let mut rig = Rig::restarted(socket_ac(), Some(persisted_session()));
+    let effects = rig.step(Input::Unlock);
+    match effects.as_slice() {
+        [Effect::SessionEnded(end), Effect::ReleaseLock] => {
+            assert_eq!(end.stop_reason, "UnlockCommand");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rig.evse.session(), None);
+}
+
+// ---------------------------------------------------------------------------
+// ConnectionTimeOut
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_connection_timeout_changes_for_later_authorizations() {
+    let mut rig = idle(tethered_ac());
+    rig.step(Input::SetConnectionTimeout(Duration::from_secs(5)));
+    assert_eq!(rig.evse.connection_timeout(), Duration::from_secs(5));
+    rig.authorize("CARD-1");
+    assert_eq!(
+        rig.evse.next_deadline(),
+        Some(rig.mono() + Duration::from_secs(5))
+    );
+    rig.advance(Duration::from_secs(5));
+    assert_eq!(rig.tick(), []);
+    assert_eq!(rig.status(), ConnectorStatus::Available);
 }

@@ -268,7 +268,7 @@ pub fn finalize(entry: &Entry, queue: &Queue, clock: &Clock) -> Result<Value, St
         payload["transactionId"] = Value::from(id);
     }
     let restamp = |v: &mut Value| {
-        if let Some(t) = v.as_str().and_then(|s| DateTime::parse(s).ok())
+        if let Some(t) = v.as_str().and_then(|s| s.parse::<DateTime>().ok())
             && let Some(station) = clock.station_ms(t.unix_ms())
         {
             *v = Value::String(DateTime::from_unix_ms(station).to_string());
