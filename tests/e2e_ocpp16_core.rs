@@ -8,7 +8,7 @@
 
 mod harness;
 
-use harness::csms::{CsmsOptions, OcppStack, assert_call_error};
+use harness::csms::{CsmsOptions, OcppStack};
 use harness::{DEADLINE, TOKEN, wait_status};
 use serde_json::{Value, json};
 
@@ -45,14 +45,20 @@ async fn tc_001_cs_cold_boot_charge_point() {
     .await;
     // §4.2: BootNotification first, with the identity from the config.
     let first = s.csms.wait_line(0, "EVENT", DEADLINE, |_| true).1;
-    assert_eq!(first["action"], "BootNotification", "first message: {first}");
+    assert_eq!(
+        first["action"], "BootNotification",
+        "first message: {first}"
+    );
     assert_eq!(first["payload"]["chargePointVendor"], "evos");
     assert_eq!(first["payload"]["chargePointModel"], "evos");
     assert_eq!(first["reply"]["status"], "Accepted");
     // §4.9: after the boot, connector 0 and every connector report a status.
-    s.csms
-        .wait_event("StatusNotification", |p| p["connectorId"] == 0 && p["status"] == "Available");
-    let (i, st) = s.csms.wait_event_since(0, "StatusNotification", |p| p["connectorId"] == 1);
+    s.csms.wait_event("StatusNotification", |p| {
+        p["connectorId"] == 0 && p["status"] == "Available"
+    });
+    let (i, st) = s
+        .csms
+        .wait_event_since(0, "StatusNotification", |p| p["connectorId"] == 1);
     assert_eq!(st["payload"]["status"], "Available");
     assert_eq!(st["payload"]["errorCode"], "NoError");
     // §4.6: heartbeats at the interval from BootNotification.conf.
@@ -95,7 +101,10 @@ async fn tc_002_cs_cold_boot_pending_then_accepted() {
     let (i, b1) = s.csms.wait_event_since(0, "BootNotification", |_| true);
     let (_, b2) = s.csms.wait_event_since(i + 1, "BootNotification", |_| true);
     let gap = b2["t"].as_f64().unwrap() - b1["t"].as_f64().unwrap();
-    assert!(gap >= 0.9, "second BootNotification {gap:.2} s after a Pending with interval 1");
+    assert!(
+        gap >= 0.9,
+        "second BootNotification {gap:.2} s after a Pending with interval 1"
+    );
     // The CSMS may read and set configuration while Pending.
     let conf = s
         .csms
@@ -107,13 +116,22 @@ async fn tc_002_cs_cold_boot_pending_then_accepted() {
     let (acc, _) = s.csms.wait_line(0, "EVENT", DEADLINE, |e| {
         e["action"] == "BootNotification" && e["reply"]["status"] == "Accepted"
     });
-    let before: Vec<Value> = s.csms.events().into_iter().take_while(|e| e["reply"]["status"] != "Accepted").collect();
+    let before: Vec<Value> = s
+        .csms
+        .events()
+        .into_iter()
+        .take_while(|e| e["reply"]["status"] != "Accepted")
+        .collect();
     assert!(before.len() >= 2);
     for e in &before {
-        assert_eq!(e["action"], "BootNotification", "sent before being Accepted: {e}");
+        assert_eq!(
+            e["action"], "BootNotification",
+            "sent before being Accepted: {e}"
+        );
     }
-    s.csms
-        .wait_event_since(acc, "StatusNotification", |p| p["connectorId"] == 1 && p["status"] == "Preparing");
+    s.csms.wait_event_since(acc, "StatusNotification", |p| {
+        p["connectorId"] == 1 && p["status"] == "Preparing"
+    });
 }
 
 /// §4.2.1: Rejected — no message before the interval has passed, and no
@@ -135,10 +153,16 @@ async fn cold_boot_rejected_is_silent_until_the_interval_passed() {
     s.csms.set("boot", "Accepted");
     let (_, b2) = s.csms.wait_event_since(i + 1, "BootNotification", |_| true);
     let gap = b2["t"].as_f64().unwrap() - b1["t"].as_f64().unwrap();
-    assert!(gap >= 1.9, "BootNotification again {gap:.2} s after Rejected with interval 2");
+    assert!(
+        gap >= 1.9,
+        "BootNotification again {gap:.2} s after Rejected with interval 2"
+    );
     let events = s.csms.events();
     assert!(
-        events.iter().take(2).all(|e| e["action"] == "BootNotification"),
+        events
+            .iter()
+            .take(2)
+            .all(|e| e["action"] == "BootNotification"),
         "nothing else while Rejected: {events:?}"
     );
     s.csms.wait_accepted(i + 1);
@@ -189,7 +213,9 @@ async fn tc_004_1_cs_regular_charging_session_identification_first() {
     let mut s = OcppStack::plain().await;
     let m = s.csms.mark();
     s.swipe(TOKEN).await;
-    let (a, _) = s.csms.wait_event_since(m, "Authorize", |p| p["idTag"] == TOKEN);
+    let (a, _) = s
+        .csms
+        .wait_event_since(m, "Authorize", |p| p["idTag"] == TOKEN);
     // Authorized and waiting for the cable: Preparing (§4.9).
     s.wait_status(a, "Preparing");
     s.plug().await;
@@ -211,9 +237,14 @@ async fn tc_004_2_cs_identification_first_connection_timeout() {
     let (_, back) = s.csms.wait_event_since(p, "StatusNotification", |p| {
         p["connectorId"] == 1 && p["status"] == "Available"
     });
-    let (_, prep) = s.csms.wait_event_since(m, "StatusNotification", |p| p["status"] == "Preparing");
+    let (_, prep) = s
+        .csms
+        .wait_event_since(m, "StatusNotification", |p| p["status"] == "Preparing");
     let waited = back["t"].as_f64().unwrap() - prep["t"].as_f64().unwrap();
-    assert!((1.5..6.0).contains(&waited), "Available {waited:.2} s after Preparing; ConnectionTimeOut 2 s");
+    assert!(
+        (1.5..6.0).contains(&waited),
+        "Available {waited:.2} s after Preparing; ConnectionTimeOut 2 s"
+    );
     assert!(s.csms.payloads("StartTransaction").is_empty());
 }
 
@@ -233,9 +264,10 @@ async fn tc_005_1_cs_ev_side_disconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tc_010_cs_remote_start_charging_session_cable_plugged_in_first() {
     let mut s = OcppStack::plain().await;
-    let conf = s
-        .csms
-        .call_ok("GetConfiguration", json!({"key": ["AuthorizeRemoteTxRequests"]}));
+    let conf = s.csms.call_ok(
+        "GetConfiguration",
+        json!({"key": ["AuthorizeRemoteTxRequests"]}),
+    );
     let authorize_remote = conf["configurationKey"][0]["value"] == "true";
     let m = s.csms.mark();
     s.plug().await;
@@ -267,15 +299,19 @@ async fn tc_010_cs_remote_start_charging_session_cable_plugged_in_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tc_011_1_cs_remote_start_charging_session_remote_start_first() {
-    let mut s =
-        OcppStack::start(CsmsOptions::default(), |o| o.key("AuthorizeRemoteTxRequests", "true")).await;
+    let mut s = OcppStack::start(CsmsOptions::default(), |o| {
+        o.key("AuthorizeRemoteTxRequests", "true")
+    })
+    .await;
     let m = s.csms.mark();
     let answer = s.csms.call_ok(
         "RemoteStartTransaction",
         json!({"connectorId": 1, "idTag": TOKEN}),
     );
     assert_eq!(status(&answer), "Accepted");
-    let (a, _) = s.csms.wait_event_since(m, "Authorize", |p| p["idTag"] == TOKEN);
+    let (a, _) = s
+        .csms
+        .wait_event_since(m, "Authorize", |p| p["idTag"] == TOKEN);
     s.wait_status(a, "Preparing");
     s.plug().await;
     let (_, _, start) = s.wait_start(a);
@@ -315,7 +351,11 @@ async fn reset_without_transaction(kind: &str) {
     let answer = s.csms.call_ok("Reset", json!({"type": kind}));
     assert_eq!(status(&answer), "Accepted");
     let exit = s.stack.wait_ocpp_exit(DEADLINE);
-    assert_eq!(exit.code(), Some(75), "a reset ends the service for its manager to restart");
+    assert_eq!(
+        exit.code(),
+        Some(75),
+        "a reset ends the service for its manager to restart"
+    );
     let m = s.csms.mark();
     s.stack.restart_ocpp();
     // §4.2: a BootNotification after every reboot.
@@ -347,8 +387,16 @@ async fn reset_with_transaction(kind: &str, reason: &str) {
     let m2 = s.csms.mark();
     s.stack.restart_ocpp();
     s.csms.wait_accepted(m2);
-    assert_eq!(s.csms.payloads("StopTransaction").len(), 1, "the stop is not sent twice");
-    assert_eq!(s.csms.payloads("StartTransaction").len(), 1, "no new transaction");
+    assert_eq!(
+        s.csms.payloads("StopTransaction").len(),
+        1,
+        "the stop is not sent twice"
+    );
+    assert_eq!(
+        s.csms.payloads("StartTransaction").len(),
+        1,
+        "no new transaction"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,7 +453,11 @@ async fn tc_031_cs_unlock_connector_unknown_connector() {
 async fn tc_019_1_cs_retrieve_all_configuration_keys() {
     let mut s = OcppStack::plain().await;
     let conf = s.csms.call_ok("GetConfiguration", json!({}));
-    assert!(conf.get("unknownKey").is_none_or(|u| u.as_array().unwrap().is_empty()), "{conf}");
+    assert!(
+        conf.get("unknownKey")
+            .is_none_or(|u| u.as_array().unwrap().is_empty()),
+        "{conf}"
+    );
     let keys = conf["configurationKey"].as_array().expect("keys");
     let find = |k: &str| keys.iter().find(|e| e["key"] == k).cloned();
     // (key, readonly) — None: either.
@@ -457,15 +509,30 @@ async fn tc_019_1_cs_retrieve_all_configuration_keys() {
     }
     assert!(problems.is_empty(), "{problems:#?}");
     assert_eq!(find("NumberOfConnectors").unwrap()["value"], "1");
-    let profiles = find("SupportedFeatureProfiles").unwrap()["value"].as_str().unwrap().to_owned();
-    for p in ["Core", "LocalAuthListManagement", "Reservation", "SmartCharging", "RemoteTrigger"] {
-        assert!(profiles.split(',').any(|x| x.trim() == p), "{p} in {profiles}");
+    let profiles = find("SupportedFeatureProfiles").unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for p in [
+        "Core",
+        "LocalAuthListManagement",
+        "Reservation",
+        "SmartCharging",
+        "RemoteTrigger",
+    ] {
+        assert!(
+            profiles.split(',').any(|x| x.trim() == p),
+            "{p} in {profiles}"
+        );
     }
     assert!(
         !profiles.contains("FirmwareManagement"),
         "FirmwareManagement is not supported (NotSupported): {profiles}"
     );
-    assert!(find("AuthorizationKey").is_none(), "AuthorizationKey is write-only");
+    assert!(
+        find("AuthorizationKey").is_none(),
+        "AuthorizationKey is write-only"
+    );
     // TC_019_1: the whole list fits GetConfigurationMaxKeys? No limit on "all".
 }
 
@@ -476,8 +543,15 @@ async fn tc_019_2_cs_retrieve_specific_configuration_key() {
         "GetConfiguration",
         json!({"key": ["SupportedFeatureProfiles", "NoSuchKey"]}),
     );
-    assert_eq!(conf["configurationKey"].as_array().unwrap().len(), 1, "{conf}");
-    assert_eq!(conf["configurationKey"][0]["key"], "SupportedFeatureProfiles");
+    assert_eq!(
+        conf["configurationKey"].as_array().unwrap().len(),
+        1,
+        "{conf}"
+    );
+    assert_eq!(
+        conf["configurationKey"][0]["key"],
+        "SupportedFeatureProfiles"
+    );
     assert_eq!(conf["unknownKey"], json!(["NoSuchKey"]));
 }
 
@@ -489,9 +563,10 @@ async fn tc_021_cs_change_set_configuration() {
         json!({"key": "MeterValueSampleInterval", "value": "7"}),
     );
     assert_eq!(status(&answer), "Accepted");
-    let conf = s
-        .csms
-        .call_ok("GetConfiguration", json!({"key": ["MeterValueSampleInterval"]}));
+    let conf = s.csms.call_ok(
+        "GetConfiguration",
+        json!({"key": ["MeterValueSampleInterval"]}),
+    );
     assert_eq!(conf["configurationKey"][0]["value"], "7");
     // Read-only keys cannot be changed (§5.3: Rejected).
     let answer = s.csms.call_ok(
@@ -504,18 +579,20 @@ async fn tc_021_cs_change_set_configuration() {
     let m = s.csms.mark();
     s.stack.restart_ocpp();
     s.csms.wait_accepted(m);
-    let conf = s
-        .csms
-        .call_ok("GetConfiguration", json!({"key": ["MeterValueSampleInterval"]}));
+    let conf = s.csms.call_ok(
+        "GetConfiguration",
+        json!({"key": ["MeterValueSampleInterval"]}),
+    );
     assert_eq!(conf["configurationKey"][0]["value"], "7");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tc_040_1_cs_configuration_key_not_supported() {
     let mut s = OcppStack::plain().await;
-    let answer = s
-        .csms
-        .call_ok("ChangeConfiguration", json!({"key": "Testing", "value": "true"}));
+    let answer = s.csms.call_ok(
+        "ChangeConfiguration",
+        json!({"key": "Testing", "value": "true"}),
+    );
     assert_eq!(status(&answer), "NotSupported");
 }
 
@@ -535,10 +612,15 @@ async fn tc_040_2_cs_configuration_key_invalid_value() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_configuration_beyond_max_keys() {
     let mut s = OcppStack::plain().await;
-    let conf = s
-        .csms
-        .call_ok("GetConfiguration", json!({"key": ["GetConfigurationMaxKeys"]}));
-    let max: usize = conf["configurationKey"][0]["value"].as_str().unwrap().parse().unwrap();
+    let conf = s.csms.call_ok(
+        "GetConfiguration",
+        json!({"key": ["GetConfigurationMaxKeys"]}),
+    );
+    let max: usize = conf["configurationKey"][0]["value"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let keys: Vec<String> = (0..=max).map(|i| format!("Key{i}")).collect();
     match s.csms.call("GetConfiguration", json!({"key": keys})) {
         // Either refused as a whole, or answered for at most max keys.
@@ -582,7 +664,8 @@ async fn authorize_not_accepted(tag: &str, want: &str, accept: &[&str]) {
     s.wait_status(m, "Preparing");
     let answer = s.stack.evse().await.present_token(tag).await.unwrap();
     assert_eq!(answer, want, "evse hears the CSMS's verdict");
-    s.csms.wait_event_since(m, "Authorize", |p| p["idTag"] == tag);
+    s.csms
+        .wait_event_since(m, "Authorize", |p| p["idTag"] == tag);
     // The accepted card still works afterwards: proof the invalid one
     // started nothing in between.
     s.swipe(TOKEN).await;
@@ -599,7 +682,11 @@ async fn tc_026_cs_remote_start_charging_session_rejected() {
         "RemoteStartTransaction",
         json!({"connectorId": 1, "idTag": OTHER}),
     );
-    assert_eq!(status(&answer), "Rejected", "a transaction runs on connector 1");
+    assert_eq!(
+        status(&answer),
+        "Rejected",
+        "a transaction runs on connector 1"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -609,7 +696,11 @@ async fn tc_027_cs_remote_start_transaction_connector_id_zero() {
         "RemoteStartTransaction",
         json!({"connectorId": 0, "idTag": TOKEN}),
     );
-    assert_eq!(status(&answer), "Rejected", "§5.11: connectorId SHALL be > 0");
+    assert_eq!(
+        status(&answer),
+        "Rejected",
+        "§5.11: connectorId SHALL be > 0"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -636,7 +727,11 @@ async fn remote_start_on_an_unavailable_connector_is_rejected() {
         "RemoteStartTransaction",
         json!({"connectorId": 1, "idTag": TOKEN}),
     );
-    assert_eq!(status(&answer), "Rejected", "§5.11: the station cannot start a transaction there");
+    assert_eq!(
+        status(&answer),
+        "Rejected",
+        "§5.11: the station cannot start a transaction there"
+    );
 }
 
 /// §5.2 ChangeAvailability: Inoperative/Operative; Scheduled while a
@@ -694,7 +789,10 @@ async fn tc_045_1_cs_get_diagnostics_not_supported() {
     let mut s = OcppStack::plain().await;
     let err = s
         .csms
-        .call("GetDiagnostics", json!({"location": "ftp://example.com/diag"}))
+        .call(
+            "GetDiagnostics",
+            json!({"location": "ftp://example.com/diag"}),
+        )
         .expect_err("no diagnostics upload");
     assert_eq!(err.0, "NotSupported", "{err:?}");
 }
@@ -707,7 +805,10 @@ async fn tc_054_cs_trigger_message() {
         ("MeterValues", "MeterValues"),
         ("Heartbeat", "Heartbeat"),
         ("StatusNotification", "StatusNotification"),
-        ("DiagnosticsStatusNotification", "DiagnosticsStatusNotification"),
+        (
+            "DiagnosticsStatusNotification",
+            "DiagnosticsStatusNotification",
+        ),
         ("FirmwareStatusNotification", "FirmwareStatusNotification"),
         ("BootNotification", "BootNotification"),
     ];
@@ -724,10 +825,16 @@ async fn tc_054_cs_trigger_message() {
                 assert_eq!(p["connectorId"], 1);
                 let sv = &p["meterValue"][0]["sampledValue"];
                 assert!(
-                    sv.as_array().unwrap().iter().all(|v| v["context"] == "Trigger"),
+                    sv.as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|v| v["context"] == "Trigger"),
                     "§5.17: context Trigger: {p}"
                 );
-                assert!(p.get("transactionId").is_some(), "during a transaction: {p}");
+                assert!(
+                    p.get("transactionId").is_some(),
+                    "during a transaction: {p}"
+                );
             }
             "StatusNotification" => {
                 assert_eq!(p["connectorId"], 1);
@@ -749,13 +856,21 @@ async fn tc_055_cs_trigger_message_rejected() {
         "TriggerMessage",
         json!({"requestedMessage": "MeterValues", "connectorId": 2}),
     );
-    assert_eq!(status(&answer), "Rejected", "connectorId is NumberOfConnectors + 1");
+    assert_eq!(
+        status(&answer),
+        "Rejected",
+        "connectorId is NumberOfConnectors + 1"
+    );
     // The requested message is not sent: a later trigger's message comes
     // first.
-    s.csms.call_ok("TriggerMessage", json!({"requestedMessage": "Heartbeat"}));
+    s.csms
+        .call_ok("TriggerMessage", json!({"requestedMessage": "Heartbeat"}));
     s.csms.next_event(m, "Heartbeat");
     assert!(
-        s.csms.events_since(m).iter().all(|e| e["action"] != "MeterValues"),
+        s.csms
+            .events_since(m)
+            .iter()
+            .all(|e| e["action"] != "MeterValues"),
         "no MeterValues after a rejected trigger"
     );
 }
@@ -765,10 +880,16 @@ async fn tc_062_cs_data_transfer_to_the_central_system() {
     let mut s = OcppStack::plain().await;
     s.csms.set("datatransfer", "Accepted,pong");
     let ocpp = s.stack.ocpp().await;
-    let (st, data) = ocpp.data_transfer("org.evos.test", "ping", "hello").await.unwrap();
+    let (st, data) = ocpp
+        .data_transfer("org.evos.test", "ping", "hello")
+        .await
+        .unwrap();
     assert_eq!((st.as_str(), data.as_str()), ("Accepted", "pong"));
     let p = s.csms.wait_event("DataTransfer", |_| true);
-    assert_eq!(p, json!({"vendorId": "org.evos.test", "messageId": "ping", "data": "hello"}));
+    assert_eq!(
+        p,
+        json!({"vendorId": "org.evos.test", "messageId": "ping", "data": "hello"})
+    );
     s.csms.set("datatransfer", "UnknownVendorId");
     let (st, _) = ocpp.data_transfer("org.other", "", "").await.unwrap();
     assert_eq!(st, "UnknownVendorId");
@@ -782,7 +903,10 @@ async fn tc_064_cs_data_transfer_to_a_charge_point() {
         json!({"vendorId": "com.example.unknown", "messageId": "x", "data": "y"}),
     );
     assert!(
-        matches!(status(&answer), "UnknownVendorId" | "Rejected" | "UnknownMessageId"),
+        matches!(
+            status(&answer),
+            "UnknownVendorId" | "Rejected" | "UnknownMessageId"
+        ),
         "{answer}"
     );
 }
@@ -809,10 +933,13 @@ async fn unknown_tag_at_the_reader_never_reaches_start_transaction() {
     let mut s = OcppStack::plain().await;
     let m = s.csms.mark();
     s.swipe("NOBODY").await;
-    s.csms.wait_event_since(m, "Authorize", |p| p["idTag"] == "NOBODY");
+    s.csms
+        .wait_event_since(m, "Authorize", |p| p["idTag"] == "NOBODY");
     s.plug().await;
     s.wait_status(m, "Preparing");
-    let answer = s.csms.call_ok("TriggerMessage", json!({"requestedMessage": "Heartbeat"}));
+    let answer = s
+        .csms
+        .call_ok("TriggerMessage", json!({"requestedMessage": "Heartbeat"}));
     assert_eq!(status(&answer), "Accepted");
     s.csms.next_event(m, "Heartbeat");
     assert!(s.csms.payloads("StartTransaction").is_empty());

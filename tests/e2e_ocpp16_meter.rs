@@ -34,7 +34,10 @@ fn measurands(mv: &Value) -> Vec<String> {
 async fn clock_aligned_meter_values() {
     let mut s = OcppStack::start(CsmsOptions::default(), |o| {
         o.key("ClockAlignedDataInterval", "2")
-            .key("MeterValuesAlignedData", "Energy.Active.Import.Register,Voltage")
+            .key(
+                "MeterValuesAlignedData",
+                "Energy.Active.Import.Register,Voltage",
+            )
             .key("MeterValueSampleInterval", "0")
     })
     .await;
@@ -57,20 +60,31 @@ async fn clock_aligned_meter_values() {
             mv["timestamp"]
         );
         let arrived = (e["t"].as_f64().unwrap() * 1000.0) as i64;
-        assert!((arrived - t).abs() < 1500, "sent when due: {arrived} vs {t}");
+        assert!(
+            (arrived - t).abs() < 1500,
+            "sent when due: {arrived} vs {t}"
+        );
         for v in mv["sampledValue"].as_array().unwrap() {
             assert_eq!(v["context"], "Sample.Clock", "{v}");
         }
         let got = measurands(mv);
-        assert!(got.iter().any(|m| m == "Energy.Active.Import.Register"), "{got:?}");
+        assert!(
+            got.iter().any(|m| m == "Energy.Active.Import.Register"),
+            "{got:?}"
+        );
         assert!(got.iter().any(|m| m == "Voltage"), "{got:?}");
         assert!(
-            got.iter().all(|m| m == "Energy.Active.Import.Register" || m == "Voltage"),
+            got.iter()
+                .all(|m| m == "Energy.Active.Import.Register" || m == "Voltage"),
             "only the configured measurands: {got:?}"
         );
         stamps.push(t);
     }
-    assert_eq!(stamps[1] - stamps[0], 2000, "one interval apart: {stamps:?}");
+    assert_eq!(
+        stamps[1] - stamps[0],
+        2000,
+        "one interval apart: {stamps:?}"
+    );
 
     let (m2, tx) = s.charging().await;
     s.csms.wait_event_since(m2, "MeterValues", |p| {
@@ -106,7 +120,10 @@ async fn sampled_meter_values_during_a_transaction() {
         let t = unix_ms(mv["timestamp"].as_str().unwrap());
         if last_t != 0 {
             let gap = t - last_t;
-            assert!((700..=1600).contains(&gap), "sampled every second: {gap} ms");
+            assert!(
+                (700..=1600).contains(&gap),
+                "sampled every second: {gap} ms"
+            );
         }
         last_t = t;
         let got = measurands(mv);
@@ -140,11 +157,18 @@ async fn sampled_meter_values_during_a_transaction() {
         json!({"key": "MeterValueSampleInterval", "value": "3"}),
     );
     assert_eq!(answer["status"], "Accepted");
-    let (j, a) = s.csms.wait_event_since(i, "MeterValues", |p| p["transactionId"] == tx);
-    let (_, b) = s.csms.wait_event_since(j + 1, "MeterValues", |p| p["transactionId"] == tx);
+    let (j, a) = s
+        .csms
+        .wait_event_since(i, "MeterValues", |p| p["transactionId"] == tx);
+    let (_, b) = s
+        .csms
+        .wait_event_since(j + 1, "MeterValues", |p| p["transactionId"] == tx);
     let gap = unix_ms(b["payload"]["meterValue"][0]["timestamp"].as_str().unwrap())
         - unix_ms(a["payload"]["meterValue"][0]["timestamp"].as_str().unwrap());
-    assert!((2500..=3600).contains(&gap), "after the change, every 3 s: {gap} ms");
+    assert!(
+        (2500..=3600).contains(&gap),
+        "after the change, every 3 s: {gap} ms"
+    );
 }
 
 /// StopTransaction.transactionData: StopTxnSampledData samples and the
@@ -158,8 +182,11 @@ async fn stop_transaction_data_with_signed_meter_values() {
     .await;
     let (m, tx) = s.charging().await;
     // Two samples into the transaction.
-    let (i, _) = s.csms.wait_event_since(m, "MeterValues", |p| p["transactionId"] == tx);
-    s.csms.wait_event_since(i + 1, "MeterValues", |p| p["transactionId"] == tx);
+    let (i, _) = s
+        .csms
+        .wait_event_since(m, "MeterValues", |p| p["transactionId"] == tx);
+    s.csms
+        .wait_event_since(i + 1, "MeterValues", |p| p["transactionId"] == tx);
     let m2 = s.csms.mark();
     s.swipe(TOKEN).await;
     let (_, stop) = s.wait_stop(m2, tx);
@@ -175,7 +202,9 @@ async fn stop_transaction_data_with_signed_meter_values() {
                 signed.push(v.clone());
             } else {
                 assert_eq!(
-                    v["measurand"].as_str().unwrap_or("Energy.Active.Import.Register"),
+                    v["measurand"]
+                        .as_str()
+                        .unwrap_or("Energy.Active.Import.Register"),
                     "Energy.Active.Import.Register",
                     "only StopTxnSampledData's measurands: {v}"
                 );
@@ -183,8 +212,14 @@ async fn stop_transaction_data_with_signed_meter_values() {
             }
         }
     }
-    assert!(plain >= 2, "the samples taken during the transaction: {stop}");
-    let contexts: Vec<&str> = signed.iter().map(|v| v["context"].as_str().unwrap_or("")).collect();
+    assert!(
+        plain >= 2,
+        "the samples taken during the transaction: {stop}"
+    );
+    let contexts: Vec<&str> = signed
+        .iter()
+        .map(|v| v["context"].as_str().unwrap_or(""))
+        .collect();
     assert!(
         contexts.contains(&"Transaction.Begin") && contexts.contains(&"Transaction.End"),
         "signed begin and end readings: {contexts:?} in {stop}"
@@ -202,6 +237,9 @@ async fn stop_transaction_data_with_signed_meter_values() {
         .unwrap_or(f64::NAN);
     if register.is_finite() {
         let meter_stop = stop["meterStop"].as_f64().unwrap();
-        assert!((register - meter_stop).abs() <= 1.0, "meterStop {meter_stop} vs the end sample {register}");
+        assert!(
+            (register - meter_stop).abs() <= 1.0,
+            "meterStop {meter_stop} vs the end sample {register}"
+        );
     }
 }

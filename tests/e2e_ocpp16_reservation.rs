@@ -12,7 +12,14 @@ fn status(v: &Value) -> &str {
     v["status"].as_str().unwrap_or_default()
 }
 
-fn reserve(s: &mut OcppStack, connector: i64, id: i64, tag: &str, parent: Option<&str>, secs: i64) -> String {
+fn reserve(
+    s: &mut OcppStack,
+    connector: i64,
+    id: i64,
+    tag: &str,
+    parent: Option<&str>,
+    secs: i64,
+) -> String {
     let mut req = json!({
         "connectorId": connector,
         "expiryDate": iso(now_ms() + secs * 1000),
@@ -34,7 +41,10 @@ async fn tc_046_cs_reservation_of_a_connector_transaction() {
     s.plug().await;
     s.swipe(TOKEN).await;
     let (_, _, start) = s.wait_start(r);
-    assert_eq!(start["reservationId"], 7, "§6.45: the reservation it used: {start}");
+    assert_eq!(
+        start["reservationId"], 7,
+        "§6.45: the reservation it used: {start}"
+    );
     s.wait_status(r, "Charging");
     let (held, ..) = s.stack.evse().await.reservation().await.unwrap();
     assert_eq!(held, 0, "a used reservation is gone");
@@ -52,14 +62,17 @@ async fn tc_047_cs_reservation_of_a_connector_expire() {
     .await;
     let m = s.csms.mark();
     assert_eq!(reserve(&mut s, 1, 8, TOKEN, None, 2), "Accepted");
-    let (r, reserved) = s
-        .csms
-        .wait_event_since(m, "StatusNotification", |p| p["connectorId"] == 1 && p["status"] == "Reserved");
-    let (_, available) = s
-        .csms
-        .wait_event_since(r, "StatusNotification", |p| p["connectorId"] == 1 && p["status"] == "Available");
+    let (r, reserved) = s.csms.wait_event_since(m, "StatusNotification", |p| {
+        p["connectorId"] == 1 && p["status"] == "Reserved"
+    });
+    let (_, available) = s.csms.wait_event_since(r, "StatusNotification", |p| {
+        p["connectorId"] == 1 && p["status"] == "Available"
+    });
     let held = available["t"].as_f64().unwrap() - reserved["t"].as_f64().unwrap();
-    assert!((1.0..5.0).contains(&held), "reserved for {held:.2} s; it expired after 2 s");
+    assert!(
+        (1.0..5.0).contains(&held),
+        "reserved for {held:.2} s; it expired after 2 s"
+    );
     // Anyone may charge now.
     let m2 = s.csms.mark();
     s.plug().await;
@@ -117,9 +130,10 @@ async fn tc_048_4_cs_reservation_of_a_connector_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tc_049_cs_reservation_of_a_charge_point_transaction() {
     let mut s = OcppStack::plain().await;
-    let conf = s
-        .csms
-        .call_ok("GetConfiguration", json!({"key": ["ReserveConnectorZeroSupported"]}));
+    let conf = s.csms.call_ok(
+        "GetConfiguration",
+        json!({"key": ["ReserveConnectorZeroSupported"]}),
+    );
     assert_eq!(conf["configurationKey"][0]["value"], "false", "{conf}");
     assert_eq!(reserve(&mut s, 0, 15, TOKEN, None, 60), "Rejected");
 }
@@ -130,7 +144,9 @@ async fn tc_051_cs_cancel_reservation() {
     let m = s.csms.mark();
     assert_eq!(reserve(&mut s, 1, 16, TOKEN, None, 60), "Accepted");
     let r = s.wait_status(m, "Reserved");
-    let answer = s.csms.call_ok("CancelReservation", json!({"reservationId": 16}));
+    let answer = s
+        .csms
+        .call_ok("CancelReservation", json!({"reservationId": 16}));
     assert_eq!(status(&answer), "Accepted");
     s.wait_status(r, "Available");
 }
@@ -138,7 +154,9 @@ async fn tc_051_cs_cancel_reservation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tc_052_cs_cancel_reservation_rejected() {
     let mut s = OcppStack::plain().await;
-    let answer = s.csms.call_ok("CancelReservation", json!({"reservationId": 99}));
+    let answer = s
+        .csms
+        .call_ok("CancelReservation", json!({"reservationId": 99}));
     assert_eq!(status(&answer), "Rejected");
 }
 
@@ -159,12 +177,16 @@ async fn tc_053_cs_use_a_reserved_connector_with_parent_id_tag() {
     )
     .await;
     let m = s.csms.mark();
-    assert_eq!(reserve(&mut s, 1, 17, TOKEN, Some("FLEET-1"), 60), "Accepted");
+    assert_eq!(
+        reserve(&mut s, 1, 17, TOKEN, Some("FLEET-1"), 60),
+        "Accepted"
+    );
     s.wait_status(m, "Reserved");
     s.plug().await;
     // A tag the CSMS accepts but without the parent: not on this reservation.
     s.swipe("STRANGER").await;
-    s.csms.wait_event_since(m, "Authorize", |p| p["idTag"] == "STRANGER");
+    s.csms
+        .wait_event_since(m, "Authorize", |p| p["idTag"] == "STRANGER");
     s.swipe("CHILD-TOKEN").await;
     let (a, auth) = s
         .csms
@@ -173,5 +195,9 @@ async fn tc_053_cs_use_a_reserved_connector_with_parent_id_tag() {
     let (_, _, start) = s.wait_start(a);
     assert_eq!(start["idTag"], "CHILD-TOKEN");
     assert_eq!(start["reservationId"], 17);
-    assert_eq!(s.csms.payloads("StartTransaction").len(), 1, "the stranger started nothing");
+    assert_eq!(
+        s.csms.payloads("StartTransaction").len(),
+        1,
+        "the stranger started nothing"
+    );
 }

@@ -115,29 +115,47 @@ async fn malformed_and_hostile_frames_get_the_right_call_errors() {
 
     // Answers to nothing the station asked are ignored, not answered.
     s.csms.raw_send(r#"[3,"never-asked",{}]"#);
-    s.csms.raw_send(r#"[4,"never-asked-either","GenericError","",{}]"#);
-    let answer = s.csms.call_ok("GetConfiguration", json!({"key": ["HeartbeatInterval"]}));
+    s.csms
+        .raw_send(r#"[4,"never-asked-either","GenericError","",{}]"#);
+    let answer = s
+        .csms
+        .call_ok("GetConfiguration", json!({"key": ["HeartbeatInterval"]}));
     assert!(answer["configurationKey"].is_array());
-    assert_eq!(s.csms.stray(), Vec::<String>::new(), "nothing answers a CALLRESULT/CALLERROR");
+    assert_eq!(
+        s.csms.stray(),
+        Vec::<String>::new(),
+        "nothing answers a CALLRESULT/CALLERROR"
+    );
 
     // A 1 MB frame within the station's limits is processed like any other.
     let big = format!(
         r#"[2,"h-big","DataTransfer",{{"vendorId":"com.example","data":"{}"}}]"#,
         "x".repeat(1 << 20)
     );
-    let reply = s.csms.raw(&big).expect("an answer to the 1 MB DataTransfer");
-    assert_eq!(reply[0], 3, "{}", &reply.to_string()[..200.min(reply.to_string().len())]);
+    let reply = s
+        .csms
+        .raw(&big)
+        .expect("an answer to the 1 MB DataTransfer");
+    assert_eq!(
+        reply[0],
+        3,
+        "{}",
+        &reply.to_string()[..200.min(reply.to_string().len())]
+    );
     assert_eq!(reply[1], "h-big");
     assert_eq!(reply[2]["status"], "UnknownVendorId");
 
     // The same connection all along, and the service still works.
     let history = s.csms.history()[start..].to_vec();
     assert!(
-        history.iter().all(|l| l.kind != "DISCONNECT" && l.kind != "CONNECT"),
+        history
+            .iter()
+            .all(|l| l.kind != "DISCONNECT" && l.kind != "CONNECT"),
         "the connection survived: {history:?}"
     );
     let m = s.csms.mark();
-    s.csms.call_ok("TriggerMessage", json!({"requestedMessage": "Heartbeat"}));
+    s.csms
+        .call_ok("TriggerMessage", json!({"requestedMessage": "Heartbeat"}));
     s.csms.next_event(m, "Heartbeat");
 }
 
@@ -152,13 +170,17 @@ async fn an_oversized_frame_costs_only_the_connection() {
         "x".repeat(5 << 20)
     );
     s.csms.raw_send(&huge);
-    s.csms.wait_line(m, "DISCONNECT", harness::DEADLINE, |_| true);
+    s.csms
+        .wait_line(m, "DISCONNECT", harness::DEADLINE, |_| true);
     let c = s.csms.wait_connect(m);
     assert_eq!(c["station"], STATION_ID);
     let answer = s.csms.call_ok("GetLocalListVersion", json!({}));
     assert!(answer["listVersion"].is_i64());
     assert!(
-        s.csms.events_since(m).iter().all(|e| e["action"] != "BootNotification"),
+        s.csms
+            .events_since(m)
+            .iter()
+            .all(|e| e["action"] != "BootNotification"),
         "a reconnect is no reboot"
     );
 }
@@ -168,14 +190,23 @@ async fn an_oversized_frame_costs_only_the_connection() {
 /// least once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_in_both_directions() {
-    let mut s = OcppStack::start(CsmsOptions::default(), |o| o.key("ConnectionTimeOut", "30")).await;
+    let mut s =
+        OcppStack::start(CsmsOptions::default(), |o| o.key("ConnectionTimeOut", "30")).await;
     let mut c = |action: &str, payload: Value| -> Result<Value, (String, String)> {
         s.csms.call(action, payload)
     };
     // Configuration and availability.
     c("GetConfiguration", json!({})).unwrap();
-    c("ChangeConfiguration", json!({"key": "HeartbeatInterval", "value": "300"})).unwrap();
-    c("ChangeAvailability", json!({"connectorId": 1, "type": "Operative"})).unwrap();
+    c(
+        "ChangeConfiguration",
+        json!({"key": "HeartbeatInterval", "value": "300"}),
+    )
+    .unwrap();
+    c(
+        "ChangeAvailability",
+        json!({"connectorId": 1, "type": "Operative"}),
+    )
+    .unwrap();
     c("ClearCache", json!({})).unwrap();
     c("DataTransfer", json!({"vendorId": "com.example"})).unwrap();
     c("GetLocalListVersion", json!({})).unwrap();
@@ -184,8 +215,16 @@ async fn every_message_in_both_directions() {
         json!({"listVersion": 1, "updateType": "Full", "localAuthorizationList": []}),
     )
     .unwrap();
-    c("TriggerMessage", json!({"requestedMessage": "DiagnosticsStatusNotification"})).unwrap();
-    c("TriggerMessage", json!({"requestedMessage": "FirmwareStatusNotification"})).unwrap();
+    c(
+        "TriggerMessage",
+        json!({"requestedMessage": "DiagnosticsStatusNotification"}),
+    )
+    .unwrap();
+    c(
+        "TriggerMessage",
+        json!({"requestedMessage": "FirmwareStatusNotification"}),
+    )
+    .unwrap();
     c("TriggerMessage", json!({"requestedMessage": "Heartbeat"})).unwrap();
     c("UnlockConnector", json!({"connectorId": 1})).unwrap();
     // Reservation.
@@ -204,7 +243,11 @@ async fn every_message_in_both_directions() {
             "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16.0}]}}}),
     )
     .unwrap();
-    c("GetCompositeSchedule", json!({"connectorId": 1, "duration": 60})).unwrap();
+    c(
+        "GetCompositeSchedule",
+        json!({"connectorId": 1, "duration": 60}),
+    )
+    .unwrap();
     c("ClearChargingProfile", json!({})).unwrap();
     // Not supported: CALLERROR NotSupported, still a valid exchange.
     assert!(c("GetDiagnostics", json!({"location": "ftp://example.com/"})).is_err());
@@ -218,13 +261,16 @@ async fn every_message_in_both_directions() {
     // A transaction, started remotely, metered on request, stopped remotely.
     let m = s.csms.mark();
     s.plug().await;
-    let answer = s
-        .csms
-        .call_ok("RemoteStartTransaction", json!({"connectorId": 1, "idTag": TOKEN}));
+    let answer = s.csms.call_ok(
+        "RemoteStartTransaction",
+        json!({"connectorId": 1, "idTag": TOKEN}),
+    );
     assert_eq!(status(&answer), "Accepted");
     let (_, tx, _) = s.wait_start(m);
-    s.csms
-        .call_ok("TriggerMessage", json!({"requestedMessage": "MeterValues", "connectorId": 1}));
+    s.csms.call_ok(
+        "TriggerMessage",
+        json!({"requestedMessage": "MeterValues", "connectorId": 1}),
+    );
     s.csms.next_event(m, "MeterValues");
     s.csms
         .call_ok("RemoteStopTransaction", json!({"transactionId": tx}));
@@ -309,7 +355,8 @@ async fn security_profile_1_wrong_password_is_refused_then_reconnects() {
     .await;
     let (i, r) = s.csms.wait_line(0, "REFUSED", harness::DEADLINE, |_| true);
     assert_eq!(r["reason"], "bad credentials");
-    s.csms.wait_line(i + 1, "REFUSED", harness::DEADLINE, |_| true);
+    s.csms
+        .wait_line(i + 1, "REFUSED", harness::DEADLINE, |_| true);
     assert!(s.csms.events().is_empty());
     let m = s.csms.mark();
     s.csms.set("password", station_password);
@@ -366,7 +413,10 @@ async fn security_profile_2_refuses_a_server_certificate_of_another_ca() {
     .await;
     // Several attempts happen meanwhile (back-off 1–2 s).
     s.csms.assert_no_line(0, "CONNECT", Duration::from_secs(4));
-    assert_ne!(s.stack.ocpp().await.connection_state().await.unwrap(), "Connected");
+    assert_ne!(
+        s.stack.ocpp().await.connection_state().await.unwrap(),
+        "Connected"
+    );
 }
 
 /// Security profile 3: mutual TLS; the CSMS sees the station's certificate

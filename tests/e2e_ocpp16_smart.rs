@@ -59,7 +59,9 @@ async fn wait_limit(s: &OcppStack, want: Option<f64>) -> i64 {
     })
     .await;
     let last = evse.charging_limit().await.unwrap();
-    r.unwrap_or_else(|_| panic!("ChargingLimit never became {want:?} A within {DEADLINE:?}; it is {last:?}"))
+    r.unwrap_or_else(|_| {
+        panic!("ChargingLimit never became {want:?} A within {DEADLINE:?}; it is {last:?}")
+    })
 }
 
 /// Check a GetCompositeSchedule.conf: `expected` are (absolute start in
@@ -85,16 +87,28 @@ fn check_composite(answer: &Value, unit: &str, expected: &[(i64, f64)], what: &s
         }
         want.push((offset, limit * factor));
     }
-    let periods = schedule["chargingSchedulePeriod"].as_array().expect("periods");
+    let periods = schedule["chargingSchedulePeriod"]
+        .as_array()
+        .expect("periods");
     let got: Vec<(f64, f64)> = periods
         .iter()
-        .map(|p| (p["startPeriod"].as_f64().unwrap(), p["limit"].as_f64().unwrap()))
+        .map(|p| {
+            (
+                p["startPeriod"].as_f64().unwrap(),
+                p["limit"].as_f64().unwrap(),
+            )
+        })
         .collect();
-    let report = format!("{what}:\n  expected (s from scheduleStart, limit) {want:?}\n  got {got:?}\n  {answer}");
+    let report = format!(
+        "{what}:\n  expected (s from scheduleStart, limit) {want:?}\n  got {got:?}\n  {answer}"
+    );
     assert_eq!(got.len(), want.len(), "{report}");
     for ((gs, gl), (ws, wl)) in got.iter().zip(&want) {
         assert!((gs - ws).abs() <= 1.0, "period start: {report}");
-        assert!((gl - wl).abs() <= 0.1 * factor.max(1.0), "period limit: {report}");
+        assert!(
+            (gl - wl).abs() <= 0.1 * factor.max(1.0),
+            "period limit: {report}"
+        );
     }
 }
 
@@ -129,7 +143,10 @@ async fn tc_056_cs_central_smart_charging_tx_default_profile() {
     let _ = s.charging().await;
     wait_limit(&s, Some(6.0)).await;
     let world = s.stack.sim_evse().await;
-    assert!((world.offered_a - 6.0).abs() < 0.2, "PWM offers the limit: {world:?}");
+    assert!(
+        (world.offered_a - 6.0).abs() < 0.2,
+        "PWM offers the limit: {world:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,9 +178,14 @@ async fn tc_057_cs_central_smart_charging_tx_profile() {
     s.swipe(TOKEN).await;
     s.wait_stop(m, tx);
     let c = composite(&mut s, 1, 60, "A");
-    let periods = c["chargingSchedule"]["chargingSchedulePeriod"].as_array().cloned().unwrap_or_default();
+    let periods = c["chargingSchedule"]["chargingSchedulePeriod"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert!(
-        periods.iter().all(|p| (p["limit"].as_f64().unwrap() - 8.0).abs() > 0.01),
+        periods
+            .iter()
+            .all(|p| (p["limit"].as_f64().unwrap() - 8.0).abs() > 0.01),
         "the TxProfile is gone with its transaction: {c}"
     );
 }
@@ -270,7 +292,10 @@ async fn tc_066_cs_get_composite_schedule_profile_stack() {
     let t0 = (now / 1000 + 3) * 1000;
     let midnight = now - now.rem_euclid(86_400_000);
     let sod = (t0 - midnight) / 1000;
-    assert!(sod + 10 < 86_400, "too close to midnight UTC for a daily profile; run again");
+    assert!(
+        sod + 10 < 86_400,
+        "too close to midnight UTC for a daily profile; run again"
+    );
 
     let cp_max = profile(
         21,
@@ -305,7 +330,12 @@ async fn tc_066_cs_get_composite_schedule_profile_stack() {
     // By hand: before t0 only the daily 24 A; [t0, t0+3) the short one
     // (stack level 1) 10 A under the 20 A maximum; [t0+3, t0+6) the daily
     // 24 A capped to 20 A; from t0+6 the daily 14 A.
-    let expected = [(now - 1000, 24.0), (t0, 10.0), (t0 + 3000, 20.0), (t0 + 6000, 14.0)];
+    let expected = [
+        (now - 1000, 24.0),
+        (t0, 10.0),
+        (t0 + 3000, 20.0),
+        (t0 + 6000, 14.0),
+    ];
     let c = composite(&mut s, 1, 10, "A");
     check_composite(&c, "A", &expected, "connector 1 in A");
     let c = composite(&mut s, 1, 10, "W");
@@ -321,8 +351,16 @@ async fn tc_066_cs_get_composite_schedule_profile_stack() {
     };
     wait_limit(&s, Some(24.0)).await;
     when(wait_limit(&s, Some(10.0)).await, t0, "short profile begins");
-    when(wait_limit(&s, Some(20.0)).await, t0 + 3000, "short profile ends");
-    when(wait_limit(&s, Some(14.0)).await, t0 + 6000, "daily period 2");
+    when(
+        wait_limit(&s, Some(20.0)).await,
+        t0 + 3000,
+        "short profile ends",
+    );
+    when(
+        wait_limit(&s, Some(14.0)).await,
+        t0 + 6000,
+        "daily period 2",
+    );
 
     // A TxProfile replaces the defaults for its transaction; still under
     // the station maximum.
@@ -340,9 +378,18 @@ async fn tc_066_cs_get_composite_schedule_profile_stack() {
     assert_eq!(set_profile(&mut s, 1, txp), "Accepted");
     let boundary = tx_start + (elapsed + 3) * 1000;
     let c = composite(&mut s, 1, 8, "A");
-    check_composite(&c, "A", &[(0, 8.0), (boundary, 20.0)], "TxProfile under ChargePointMax");
+    check_composite(
+        &c,
+        "A",
+        &[(0, 8.0), (boundary, 20.0)],
+        "TxProfile under ChargePointMax",
+    );
     wait_limit(&s, Some(8.0)).await;
-    when(wait_limit(&s, Some(20.0)).await, boundary, "TxProfile period 2 capped at 20 A");
+    when(
+        wait_limit(&s, Some(20.0)).await,
+        boundary,
+        "TxProfile period 2 capped at 20 A",
+    );
     let _ = Instant::now() + Duration::from_secs(0);
 }
 
@@ -397,10 +444,23 @@ async fn set_charging_profile_limits_and_replacement() {
             .parse()
             .unwrap()
     };
-    let (max_level, max_periods) = (value("ChargeProfileMaxStackLevel"), value("ChargingScheduleMaxPeriods"));
+    let (max_level, max_periods) = (
+        value("ChargeProfileMaxStackLevel"),
+        value("ChargingScheduleMaxPeriods"),
+    );
     let one = json!({"chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 6.0}]});
-    let p = profile(41, max_level + 1, "TxDefaultProfile", "Relative", one.clone());
-    assert_eq!(set_profile(&mut s, 1, p), "Rejected", "stack level above the maximum");
+    let p = profile(
+        41,
+        max_level + 1,
+        "TxDefaultProfile",
+        "Relative",
+        one.clone(),
+    );
+    assert_eq!(
+        set_profile(&mut s, 1, p),
+        "Rejected",
+        "stack level above the maximum"
+    );
     let periods: Vec<Value> = (0..=max_periods)
         .map(|i| json!({"startPeriod": i * 60, "limit": 6.0}))
         .collect();
@@ -411,14 +471,39 @@ async fn set_charging_profile_limits_and_replacement() {
         "Relative",
         json!({"chargingRateUnit": "A", "chargingSchedulePeriod": periods}),
     );
-    assert_eq!(set_profile(&mut s, 1, p), "Rejected", "more periods than allowed");
-    assert_eq!(set_profile(&mut s, 1, profile(43, 0, "TxDefaultProfile", "Relative", one)), "Accepted");
+    assert_eq!(
+        set_profile(&mut s, 1, p),
+        "Rejected",
+        "more periods than allowed"
+    );
+    assert_eq!(
+        set_profile(
+            &mut s,
+            1,
+            profile(43, 0, "TxDefaultProfile", "Relative", one)
+        ),
+        "Accepted"
+    );
     let seven = json!({"chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 7.0}]});
-    assert_eq!(set_profile(&mut s, 1, profile(43, 2, "TxDefaultProfile", "Relative", seven)), "Accepted");
+    assert_eq!(
+        set_profile(
+            &mut s,
+            1,
+            profile(43, 2, "TxDefaultProfile", "Relative", seven)
+        ),
+        "Accepted"
+    );
     let _ = s.charging().await;
     wait_limit(&s, Some(7.0)).await;
     // Unknown connector.
     let eight = json!({"chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 8.0}]});
-    assert_eq!(set_profile(&mut s, 5, profile(44, 0, "TxDefaultProfile", "Relative", eight)), "Rejected");
+    assert_eq!(
+        set_profile(
+            &mut s,
+            5,
+            profile(44, 0, "TxDefaultProfile", "Relative", eight)
+        ),
+        "Rejected"
+    );
     let _ = CsmsOptions::default();
 }

@@ -211,12 +211,15 @@ impl Csms {
                     Err(RecvTimeoutError::Timeout) => return false,
                     Err(RecvTimeoutError::Disconnected) => {
                         let status = self.child.try_wait();
-                        panic!("{}: the peer exited ({status:?}); its stderr is above", self.name)
+                        panic!(
+                            "{}: the peer exited ({status:?}); its stderr is above",
+                            self.name
+                        )
                     }
                 }
             }
         };
-        let mut take = |item: Out, this: &mut Self| match item {
+        let take = |item: Out, this: &mut Self| match item {
             Out::Answer(a) => this.answers.push_back(a),
             Out::Line(l) => this.accept_line(l),
         };
@@ -308,8 +311,9 @@ impl Csms {
         let answer = self.ok(&format!("raw {text}"));
         let v: Value = serde_json::from_str(&answer).expect("raw answer is JSON");
         v["reply"].as_str().map(|frame| {
-            serde_json::from_str(frame)
-                .unwrap_or_else(|e| panic!("the station answered with a frame that is not JSON ({e}): {frame}"))
+            serde_json::from_str(frame).unwrap_or_else(|e| {
+                panic!("the station answered with a frame that is not JSON ({e}): {frame}")
+            })
         })
     }
 
@@ -646,7 +650,9 @@ impl OcppStack {
     /// Wait for the StartTransaction after `since`: (its index, the
     /// transactionId the CSMS gave, its payload).
     pub fn wait_start(&mut self, since: usize) -> (usize, i64, Value) {
-        let (i, e) = self.csms.wait_event_since(since, "StartTransaction", |_| true);
+        let (i, e) = self
+            .csms
+            .wait_event_since(since, "StartTransaction", |_| true);
         let tx = e["reply"]["transactionId"]
             .as_i64()
             .expect("the CSMS answered with a transactionId");
@@ -668,8 +674,9 @@ impl OcppStack {
         self.plug().await;
         self.swipe(super::TOKEN).await;
         let (i, tx, _) = self.wait_start(since);
-        let j = self.wait_status(i, "Charging");
-        (j + 1, tx)
+        // Either order (OCTT TC_003: "step 5 and step 7 may be reversed").
+        let j = self.wait_status(since, "Charging");
+        (i.max(j) + 1, tx)
     }
 }
 
@@ -681,7 +688,11 @@ pub fn unix_ms(text: &str) -> i64 {
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
         bad();
     }
-    let num = |r: std::ops::Range<usize>| -> i64 { text.get(r).and_then(|s| s.parse().ok()).unwrap_or_else(|| bad()) };
+    let num = |r: std::ops::Range<usize>| -> i64 {
+        text.get(r)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| bad())
+    };
     let (y, mo, d) = (num(0..4), num(5..7), num(8..10));
     let (h, mi, s) = (num(11..13), num(14..16), num(17..19));
     let mut i = 19;
@@ -755,12 +766,18 @@ pub fn assert_call_error(frame: &Option<Value>, id: &str, codes: &[&str], what: 
         panic!("{what}: no answer from the station (expected CALLERROR {codes:?})")
     };
     assert_eq!(f[0], 4, "{what}: expected a CALLERROR {codes:?}, got {f}");
-    assert_eq!(f[1], id, "{what}: the CALLERROR must carry the CALL's unique id: {f}");
+    assert_eq!(
+        f[1], id,
+        "{what}: the CALLERROR must carry the CALL's unique id: {f}"
+    );
     assert!(
         codes.iter().any(|c| f[2] == *c),
         "{what}: expected errorCode {codes:?}, got {f}"
     );
-    assert!(f[3].is_string() && f[4].is_object(), "{what}: a CALLERROR has 5 elements: {f}");
+    assert!(
+        f[3].is_string() && f[4].is_object(),
+        "{what}: a CALLERROR has 5 elements: {f}"
+    );
 }
 
 impl OcppStack {
@@ -794,7 +811,10 @@ impl OcppStack {
             }
         })
         .await;
-        assert!(found.is_ok(), "ConnectionState never became {want} within {DEADLINE:?}");
+        assert!(
+            found.is_ok(),
+            "ConnectionState never became {want} within {DEADLINE:?}"
+        );
     }
 
     /// Wait until EVSE 1's status is `want` (on the bus, whatever the CSMS
