@@ -135,11 +135,15 @@ async fn wait_fault(meter: &Meter1Proxy<'_>, prefix: &str) -> String {
 async fn reads_an_independent_sdm630_and_reports_its_faults() {
     let mut stack = MeterStack::start(None).await;
     let meter = stack.meter().await;
-    wait_meter(&meter, "the peer's energy", async |m| {
-        (m.energy_import_wh().await.ok()? == 1_234_500.0).then_some(())
+    // One poll updates every property, but each has its own
+    // PropertiesChanged: wait for the last of the ones asserted below.
+    wait_meter(&meter, "the peer's energy and power", async |m| {
+        (m.energy_import_wh().await.ok()? == 1_234_500.0
+            && m.power_w().await.ok()? == 7000.0
+            && m.frequency_hz().await.ok()? == 50.0)
+            .then_some(())
     })
     .await;
-    assert_eq!(meter.power_w().await.unwrap(), 7000.0);
     assert_eq!(meter.voltage_v().await.unwrap(), vec![230.0; 3]);
     let amps = meter.current_a().await.unwrap();
     assert!(

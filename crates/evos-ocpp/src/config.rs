@@ -118,34 +118,61 @@ impl Config {
         if self.version != "1.6" {
             return Err(Invalid::new(
                 "ocpp.version",
-                format!("unsupported OCPP version {:?} (supported: \"1.6\")", self.version),
+                format!(
+                    "unsupported OCPP version {:?} (supported: \"1.6\")",
+                    self.version
+                ),
             ));
         }
         if !(self.csms_url.starts_with("ws://") || self.csms_url.starts_with("wss://")) {
-            return Err(Invalid::new("ocpp.csms_url", "must start with ws:// or wss://"));
+            return Err(Invalid::new(
+                "ocpp.csms_url",
+                "must start with ws:// or wss://",
+            ));
         }
         // CiString20 in BootNotification's neighbours; the identity itself is
         // a URL path segment, so keep it printable and short.
         if self.station_id.is_empty() || self.station_id.len() > 48 {
-            return Err(Invalid::new("ocpp.station_id", "must be 1 to 48 characters"));
+            return Err(Invalid::new(
+                "ocpp.station_id",
+                "must be 1 to 48 characters",
+            ));
         }
         if self.station_id.chars().any(|c| c.is_control()) {
-            return Err(Invalid::new("ocpp.station_id", "must not contain control characters"));
+            return Err(Invalid::new(
+                "ocpp.station_id",
+                "must not contain control characters",
+            ));
         }
         if self.vendor.is_empty() || self.vendor.len() > 20 {
-            return Err(Invalid::new("ocpp.vendor", "must be 1 to 20 characters (CiString20)"));
+            return Err(Invalid::new(
+                "ocpp.vendor",
+                "must be 1 to 20 characters (CiString20)",
+            ));
         }
         if self.model.is_empty() || self.model.len() > 20 {
-            return Err(Invalid::new("ocpp.model", "must be 1 to 20 characters (CiString20)"));
+            return Err(Invalid::new(
+                "ocpp.model",
+                "must be 1 to 20 characters (CiString20)",
+            ));
         }
         if self.serial_number.as_ref().is_some_and(|s| s.len() > 25) {
-            return Err(Invalid::new("ocpp.serial_number", "at most 25 characters (CiString25)"));
+            return Err(Invalid::new(
+                "ocpp.serial_number",
+                "at most 25 characters (CiString25)",
+            ));
         }
         if self.password.is_some() && self.password_file.is_some() {
-            return Err(Invalid::new("ocpp.password_file", "give password or password_file, not both"));
+            return Err(Invalid::new(
+                "ocpp.password_file",
+                "give password or password_file, not both",
+            ));
         }
         if self.response_timeout_s == 0 {
-            return Err(Invalid::new("ocpp.response_timeout_s", "must be at least 1"));
+            return Err(Invalid::new(
+                "ocpp.response_timeout_s",
+                "must be at least 1",
+            ));
         }
         if self.reconnect_min_s == 0 || self.reconnect_max_s < self.reconnect_min_s {
             return Err(Invalid::new(
@@ -156,15 +183,20 @@ impl Config {
         if !(1..=3).contains(&self.phases) {
             return Err(Invalid::new("ocpp.phases", "must be 1 to 3"));
         }
-        if !(self.voltage_v > 0.0) {
+        if self.voltage_v.is_nan() || self.voltage_v <= 0.0 {
             return Err(Invalid::new("ocpp.voltage_v", "must be positive"));
         }
-        if !(self.max_current_a > 0.0) {
+        if self.max_current_a.is_nan() || self.max_current_a <= 0.0 {
             return Err(Invalid::new("ocpp.max_current_a", "must be positive"));
         }
         self.transport(self.password.clone())
             .validate()
-            .map_err(|e| Invalid::new(e.key(), e.to_string()))?;
+            .map_err(|e| match e {
+                crate::transport::TransportError::Config { key, reason } => {
+                    Invalid::new(key, reason)
+                }
+                other => Invalid::new("ocpp", other.to_string()),
+            })?;
         Ok(())
     }
 
@@ -174,7 +206,9 @@ impl Config {
             (Some(p), _) => Ok(Some(p.clone())),
             (None, Some(path)) => std::fs::read_to_string(path)
                 .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_owned()))
-                .map_err(|e| Invalid::new("ocpp.password_file", format!("{}: {e}", path.display()))),
+                .map_err(|e| {
+                    Invalid::new("ocpp.password_file", format!("{}: {e}", path.display()))
+                }),
             (None, None) => Ok(None),
         }
     }
@@ -185,7 +219,8 @@ impl Config {
             station_id: self.station_id.clone(),
             subprotocol: "ocpp1.6".into(),
             security_profile: self.security_profile,
-            basic_auth_password: password.or_else(|| self.password_file.as_ref().map(|_| String::new())),
+            basic_auth_password: password
+                .or_else(|| self.password_file.as_ref().map(|_| String::new())),
             ca_file: self.ca_file.clone(),
             client_cert: self.client_cert.clone(),
             client_key: self.client_key.clone(),

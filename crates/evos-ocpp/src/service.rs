@@ -58,7 +58,9 @@ impl OcppObject {
             .map_err(|_| evos_bus::Error::Failed("the OCPP station is stopping".into()))?;
         match tokio::time::timeout(self.answer_within, answer).await {
             Ok(Ok(answer)) => Ok(answer),
-            _ => Err(evos_bus::Error::Failed("no authorization decision in time".into())),
+            _ => Err(evos_bus::Error::Failed(
+                "no authorization decision in time".into(),
+            )),
         }
     }
 
@@ -83,7 +85,9 @@ impl OcppObject {
         match tokio::time::timeout(self.answer_within, answer).await {
             Ok(Ok(Ok(answer))) => Ok(answer),
             Ok(Ok(Err(why))) => Err(evos_bus::Error::Failed(why)),
-            _ => Err(evos_bus::Error::Failed("no answer from the CSMS in time".into())),
+            _ => Err(evos_bus::Error::Failed(
+                "no answer from the CSMS in time".into(),
+            )),
         }
     }
 

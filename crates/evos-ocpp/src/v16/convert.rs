@@ -82,7 +82,8 @@ pub fn profile(p: &m::ChargingProfile) -> Result<Profile, String> {
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let stack_level = u32::try_from(p.stack_level).map_err(|_| "negative stackLevel".to_string())?;
+    let stack_level =
+        u32::try_from(p.stack_level).map_err(|_| "negative stackLevel".to_string())?;
     Ok(Profile {
         id: p.charging_profile_id,
         transaction_id: p.transaction_id,

@@ -17,11 +17,11 @@ use serde_json::Value;
 
 use crate::rpc::{self, Call, CallError, CallResult, ErrorCode, Frame};
 use crate::v16::config_keys::{ChangeResult, Key};
+use crate::v16::convert;
 use crate::v16::local_auth::{UpdateKind, UpdateStatus};
 use crate::v16::messages as m;
 use crate::v16::smart_charging::{ClearCriteria, SetResult};
 use crate::v16::station::{AuthThen, Done, Event, Pending, Registration, Station};
-use crate::v16::convert;
 use crate::wire::CiString;
 
 type Answer = Result<Value, (ErrorCode, String)>;
@@ -49,7 +49,11 @@ const NOT_SUPPORTED: &[&str] = &[
 impl Station {
     /// Answer a CSMS CALL: Some(frame) now, or None when a task will.
     pub(super) async fn on_call(&mut self, call: Call) -> Option<Frame> {
-        let Call { id, action, payload } = call;
+        let Call {
+            id,
+            action,
+            payload,
+        } = call;
         tracing::debug!(id, action, "CALL from the CSMS");
         let answer = match self.dispatch(&id, &action, payload) {
             Some(answer) => answer,
@@ -58,7 +62,11 @@ impl Station {
         Some(match answer {
             Ok(payload) => Frame::CallResult(CallResult { id, payload }),
             Err((code, description)) => {
-                tracing::warn!(action, code = code.as_str(), "answering with CALLERROR: {description}");
+                tracing::warn!(
+                    action,
+                    code = code.as_str(),
+                    "answering with CALLERROR: {description}"
+                );
                 Frame::CallError(CallError {
                     id,
                     code,
@@ -111,7 +119,10 @@ impl Station {
                 ErrorCode::NotSupported,
                 format!("{a} is sent by a charge point, not to one"),
             ))),
-            a => Some(Err((ErrorCode::NotImplemented, format!("unknown action {a:?}")))),
+            a => Some(Err((
+                ErrorCode::NotImplemented,
+                format!("unknown action {a:?}"),
+            ))),
         }
     }
 
@@ -145,7 +156,11 @@ impl Station {
 
     // --- Core profile ---------------------------------------------------
 
-    fn change_availability(&mut self, id: &str, req: m::ChangeAvailabilityRequest) -> Option<Answer> {
+    fn change_availability(
+        &mut self,
+        id: &str,
+        req: m::ChangeAvailabilityRequest,
+    ) -> Option<Answer> {
         let Some(proxies) = self.evse_proxies(req.connector_id) else {
             return Some(encode(&m::ChangeAvailabilityResponse {
                 status: m::AvailabilityStatus::Rejected,
@@ -176,7 +191,11 @@ impl Station {
         })
     }
 
-    fn change_configuration(&mut self, _id: &str, req: m::ChangeConfigurationRequest) -> Option<Answer> {
+    fn change_configuration(
+        &mut self,
+        _id: &str,
+        req: m::ChangeConfigurationRequest,
+    ) -> Option<Answer> {
         let result = self.keys.change(req.key.as_str(), req.value.as_str());
         let status = match result {
             ChangeResult::Accepted => m::ConfigurationStatus::Accepted,
@@ -196,11 +215,19 @@ impl Station {
         match Key::from_name(key) {
             Some(Key::HeartbeatInterval) => self.schedule_heartbeat(),
             Some(Key::WebSocketPingInterval) => self.link_ping_changed = true,
+            Some(Key::AuthorizationKey) => {
+                let key = self.keys.string(Key::AuthorizationKey);
+                self.set_password(key);
+            }
             Some(Key::MeterValueSampleInterval) => self.resample_all(),
             Some(Key::ClockAlignedDataInterval) => self.schedule_aligned(),
             Some(Key::ConnectionTimeOut) => {
-                let seconds = self.keys.int(Key::ConnectionTimeOut).clamp(1, u32::MAX as i64) as u32;
-                for p in self.bus.evse.values().cloned() {
+                let seconds = self
+                    .keys
+                    .int(Key::ConnectionTimeOut)
+                    .clamp(1, u32::MAX as i64) as u32;
+                for p in self.bus.evse.values() {
+                    let p = p.clone();
                     tokio::spawn(async move {
                         if let Err(e) = p.set_connection_timeout(seconds).await {
                             tracing::warn!("cannot apply ConnectionTimeOut: {e}");
@@ -221,7 +248,10 @@ impl Station {
 
     fn data_transfer(&mut self, _id: &str, req: m::DataTransferRequest) -> Option<Answer> {
         // No vendor extensions are implemented (§5.6: UnknownVendorId).
-        tracing::info!(vendor = req.vendor_id.as_str(), "DataTransfer for an unknown vendor");
+        tracing::info!(
+            vendor = req.vendor_id.as_str(),
+            "DataTransfer for an unknown vendor"
+        );
         Some(encode(&m::DataTransferResponse {
             status: m::DataTransferStatus::UnknownVendorId,
             data: None,
@@ -276,16 +306,18 @@ impl Station {
                 Some(c) => c,
                 None => return Some(rejected()),
             },
-            None => match self
-                .connectors
-                .iter()
-                .find(|(_, c)| c.session.is_none() && matches!(c.status.as_str(), "Available" | "Preparing"))
-            {
+            None => match self.connectors.iter().find(|(_, c)| {
+                c.session.is_none() && matches!(c.status.as_str(), "Available" | "Preparing")
+            }) {
                 Some((id, _)) => *id,
                 None => return Some(rejected()),
             },
         };
-        if self.connectors.get(&evse).is_some_and(|c| c.session.is_some()) {
+        if self
+            .connectors
+            .get(&evse)
+            .is_some_and(|c| c.session.is_some())
+        {
             return Some(rejected());
         }
         // §5.11: only a TxProfile may come with a remote start.
@@ -359,7 +391,9 @@ impl Station {
                     tracing::warn!("reset: cannot stop a session: {e}");
                 }
             }
-            let _ = events.send(Event::Done(Done::ResetStopsSent { hard, command })).await;
+            let _ = events
+                .send(Event::Done(Done::ResetStopsSent { hard, command }))
+                .await;
         });
         Some(encode(&m::ResetResponse {
             status: m::ResetStatus::Accepted,
@@ -391,7 +425,11 @@ impl Station {
 
     // --- Local Auth List Management --------------------------------------
 
-    fn get_local_list_version(&mut self, _id: &str, _req: m::GetLocalListVersionRequest) -> Option<Answer> {
+    fn get_local_list_version(
+        &mut self,
+        _id: &str,
+        _req: m::GetLocalListVersionRequest,
+    ) -> Option<Answer> {
         // §5.10: -1 when the local list is not enabled.
         let list_version = if self.keys.bool(Key::LocalAuthListEnabled) {
             self.list.version()
@@ -448,11 +486,18 @@ impl Station {
             }));
         };
         let tag = req.id_tag.into_string();
-        let parent = req.parent_id_tag.map(CiString::into_string).unwrap_or_default();
+        let parent = req
+            .parent_id_tag
+            .map(CiString::into_string)
+            .unwrap_or_default();
         let expiry = req.expiry_date.unix_ms();
         let reservation_id = req.reservation_id;
         self.reply_later(id, async move {
-            let status = match proxy.reserve(reservation_id, &tag, &parent, expiry).await.as_deref() {
+            let status = match proxy
+                .reserve(reservation_id, &tag, &parent, expiry)
+                .await
+                .as_deref()
+            {
                 Ok("Accepted") => m::ReservationStatus::Accepted,
                 Ok("Occupied") => m::ReservationStatus::Occupied,
                 Ok("Faulted") => m::ReservationStatus::Faulted,
@@ -490,7 +535,11 @@ impl Station {
 
     // --- Smart Charging ---------------------------------------------------
 
-    fn set_charging_profile(&mut self, _id: &str, req: m::SetChargingProfileRequest) -> Option<Answer> {
+    fn set_charging_profile(
+        &mut self,
+        _id: &str,
+        req: m::SetChargingProfileRequest,
+    ) -> Option<Answer> {
         let reply = |status| encode(&m::SetChargingProfileResponse { status });
         let Ok(connector) = u32::try_from(req.connector_id) else {
             return Some(reply(m::ChargingProfileStatus::Rejected));
@@ -523,7 +572,11 @@ impl Station {
         Some(reply(status))
     }
 
-    fn clear_charging_profile(&mut self, _id: &str, req: m::ClearChargingProfileRequest) -> Option<Answer> {
+    fn clear_charging_profile(
+        &mut self,
+        _id: &str,
+        req: m::ClearChargingProfileRequest,
+    ) -> Option<Answer> {
         let criteria = ClearCriteria {
             id: req.id,
             connector: req.connector_id.and_then(|c| u32::try_from(c).ok()),
@@ -539,7 +592,11 @@ impl Station {
         Some(encode(&m::ClearChargingProfileResponse { status }))
     }
 
-    fn get_composite_schedule(&mut self, _id: &str, req: m::GetCompositeScheduleRequest) -> Option<Answer> {
+    fn get_composite_schedule(
+        &mut self,
+        _id: &str,
+        req: m::GetCompositeScheduleRequest,
+    ) -> Option<Answer> {
         let rejected = || {
             encode(&m::GetCompositeScheduleResponse {
                 status: m::GetCompositeScheduleStatus::Rejected,
@@ -577,7 +634,8 @@ impl Station {
     fn trigger_message(&mut self, _id: &str, req: m::TriggerMessageRequest) -> Option<Answer> {
         let reply = |status| encode(&m::TriggerMessageResponse { status });
         let connector = match req.connector_id {
-            None => None,
+            // Connector 0 is the station itself: as if none was given.
+            None | Some(0) => None,
             Some(c) => match self.valid_connector(c) {
                 Some(c) => Some(c),
                 None => return Some(reply(m::TriggerMessageStatus::Rejected)),
@@ -609,10 +667,11 @@ impl Station {
                     self.triggered_meter_values(c);
                 }
             }
-            T::DiagnosticsStatusNotification => self.pending.push_back(Pending::DiagnosticsStatusIdle),
+            T::DiagnosticsStatusNotification => {
+                self.pending.push_back(Pending::DiagnosticsStatusIdle)
+            }
             T::FirmwareStatusNotification => self.pending.push_back(Pending::FirmwareStatusIdle),
         }
         Some(reply(m::TriggerMessageStatus::Accepted))
     }
-
 }

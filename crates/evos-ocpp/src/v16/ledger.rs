@@ -115,14 +115,18 @@ impl Ledger {
     }
 
     pub fn begin(&mut self, tx_ref: &str, evse: u32, tag: &str) -> Result<(), LedgerError> {
-        let t = self.state.open.entry(tx_ref.to_owned()).or_insert(Transaction {
-            evse,
-            tag: tag.to_owned(),
-            stop_tag: String::new(),
-            started: false,
-            ended: false,
-            samples: Vec::new(),
-        });
+        let t = self
+            .state
+            .open
+            .entry(tx_ref.to_owned())
+            .or_insert(Transaction {
+                evse,
+                tag: tag.to_owned(),
+                stop_tag: String::new(),
+                started: false,
+                ended: false,
+                samples: Vec::new(),
+            });
         t.started = true;
         self.save()
     }

@@ -19,8 +19,10 @@ use crate::v16::messages as m;
 use crate::wire::{CiString, DateTime};
 
 pub fn boot(cfg: &Config) -> m::BootNotificationRequest {
-    // The config validated these lengths; a CiString error cannot happen.
-    let ci = |s: &str| CiString::new(s).unwrap_or_else(|_| CiString::new("").unwrap_or_default());
+    // The config validated these lengths; cutting is only a last resort.
+    fn ci<const N: usize>(s: &str) -> CiString<N> {
+        CiString::new(s.chars().take(N).collect::<String>()).unwrap_or_default()
+    }
     m::BootNotificationRequest {
         charge_point_vendor: ci(&cfg.vendor),
         charge_point_model: ci(&cfg.model),
@@ -62,7 +64,10 @@ pub fn status(evse: u32, status: &str, fault: &str, now_ms: i64) -> m::StatusNot
 
 /// §7.6 ChargePointErrorCode for evse's fault names; what has no code of
 /// its own is OtherError with the fault in `info`.
-fn error_code(status: m::ChargePointStatus, fault: &str) -> (m::ChargePointErrorCode, Option<String>) {
+fn error_code(
+    status: m::ChargePointStatus,
+    fault: &str,
+) -> (m::ChargePointErrorCode, Option<String>) {
     use m::ChargePointErrorCode as E;
     if fault.is_empty() {
         return if status == m::ChargePointStatus::Faulted {
@@ -148,19 +153,20 @@ pub fn meter_value(
     stamp_ms: i64,
 ) -> Option<m::MeterValue> {
     let mut sampled = Vec::new();
-    let mut push = |value: f64, measurand: m::Measurand, unit: m::UnitOfMeasure, phase: Option<m::Phase>| {
-        if value.is_finite() {
-            sampled.push(m::SampledValue {
-                value: format_value(value),
-                context: Some(context),
-                format: None,
-                measurand: Some(measurand),
-                phase,
-                location: Some(m::Location::Outlet),
-                unit: Some(unit),
-            });
-        }
-    };
+    let mut push =
+        |value: f64, measurand: m::Measurand, unit: m::UnitOfMeasure, phase: Option<m::Phase>| {
+            if value.is_finite() {
+                sampled.push(m::SampledValue {
+                    value: format_value(value),
+                    context: Some(context),
+                    format: None,
+                    measurand: Some(measurand),
+                    phase,
+                    location: Some(m::Location::Outlet),
+                    unit: Some(unit),
+                });
+            }
+        };
     const PHASES: [m::Phase; 3] = [m::Phase::L1, m::Phase::L2, m::Phase::L3];
     const PHASES_N: [m::Phase; 3] = [m::Phase::L1N, m::Phase::L2N, m::Phase::L3N];
     for name in measurands {
@@ -195,7 +201,12 @@ pub fn meter_value(
                     push(*v, m::Measurand::Voltage, m::UnitOfMeasure::V, phase);
                 }
             }
-            "Frequency" => push(reading.frequency_hz, m::Measurand::Frequency, m::UnitOfMeasure::Wh, None),
+            "Frequency" => push(
+                reading.frequency_hz,
+                m::Measurand::Frequency,
+                m::UnitOfMeasure::Wh,
+                None,
+            ),
             // SoC and the rest are not known to this station's meters.
             _ => {}
         }
@@ -217,11 +228,18 @@ fn format_value(v: f64) -> String {
     // are noise to a CSMS.
     let s = format!("{v:.3}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s.is_empty() || s == "-" { "0".into() } else { s.into() }
+    if s.is_empty() || s == "-" {
+        "0".into()
+    } else {
+        s.into()
+    }
 }
 
 /// Signed meter values (OCMF records) for transactionData.
-pub fn signed_values(signed: &[(m::ReadingContext, String)], record: &SessionRecord) -> Vec<m::MeterValue> {
+pub fn signed_values(
+    signed: &[(m::ReadingContext, String)],
+    record: &SessionRecord,
+) -> Vec<m::MeterValue> {
     signed
         .iter()
         .map(|(context, ocmf)| m::MeterValue {
@@ -243,13 +261,21 @@ pub fn signed_values(signed: &[(m::ReadingContext, String)], record: &SessionRec
         .collect()
 }
 
-pub fn data_transfer(vendor_id: &str, message_id: &str, data: &str) -> Result<m::DataTransferRequest, String> {
+pub fn data_transfer(
+    vendor_id: &str,
+    message_id: &str,
+    data: &str,
+) -> Result<m::DataTransferRequest, String> {
     Ok(m::DataTransferRequest {
-        vendor_id: CiString::new(vendor_id).map_err(|_| "vendor id longer than 255 characters".to_string())?,
+        vendor_id: CiString::new(vendor_id)
+            .map_err(|_| "vendor id longer than 255 characters".to_string())?,
         message_id: if message_id.is_empty() {
             None
         } else {
-            Some(CiString::new(message_id).map_err(|_| "message id longer than 50 characters".to_string())?)
+            Some(
+                CiString::new(message_id)
+                    .map_err(|_| "message id longer than 50 characters".to_string())?,
+            )
         },
         data: (!data.is_empty()).then(|| data.to_owned()),
     })
@@ -308,15 +334,28 @@ mod tests {
 
     #[test]
     fn measurands_follow_the_configuration() {
-        let m = ["Energy.Active.Import.Register", "Current.Import", "SoC", "Energy.Active.Export.Register"]
-            .map(String::from);
+        let m = [
+            "Energy.Active.Import.Register",
+            "Current.Import",
+            "SoC",
+            "Energy.Active.Export.Register",
+        ]
+        .map(String::from);
         let mv = meter_value(&reading(), &m, m::ReadingContext::SamplePeriodic, 0).unwrap();
         // Energy, three phases of current; SoC unknown and export NaN left out.
         assert_eq!(mv.sampled_value.len(), 4);
         assert_eq!(mv.sampled_value[0].value, "1234.5");
         assert_eq!(mv.sampled_value[1].phase, Some(m::Phase::L1));
         assert_eq!(mv.sampled_value[3].value, "15.9");
-        assert!(meter_value(&reading(), &["SoC".into()], m::ReadingContext::SamplePeriodic, 0).is_none());
+        assert!(
+            meter_value(
+                &reading(),
+                &["SoC".into()],
+                m::ReadingContext::SamplePeriodic,
+                0
+            )
+            .is_none()
+        );
     }
 
     #[test]
@@ -341,7 +380,10 @@ mod tests {
         let stop = serde_json::to_value(stop_transaction(&record, vec![]).unwrap()).unwrap();
         let seq = queue.push("StopTransaction", stop, Some("s1"), 0).unwrap();
         let entry = queue.front().unwrap().clone();
-        assert!(finalize(&entry, &queue, &clock).is_err(), "no transactionId yet");
+        assert!(
+            finalize(&entry, &queue, &clock).is_err(),
+            "no transactionId yet"
+        );
         queue.bind_transaction("s1", 77).unwrap();
         clock.set(1_795_514_400_000, 30_000);
         let v = finalize(&entry, &queue, &clock).unwrap();

@@ -55,7 +55,7 @@ pub enum Event {
         evse: u32,
         reading: MeterReading,
     },
-    Connected(Link),
+    Connected(Box<Link>),
     ConnectFailed(String),
     /// A spawned handler finished: answer CSMS CALL `id`.
     Reply {
@@ -166,7 +166,11 @@ pub(super) enum AuthThen {
 
 enum Sent {
     Pending(Pending),
-    Queued { seq: u64, action: String, tx_ref: Option<String> },
+    Queued {
+        seq: u64,
+        action: String,
+        tx_ref: Option<String>,
+    },
 }
 
 struct Outstanding {
@@ -231,6 +235,8 @@ pub struct Station {
     ending: usize,
     exit: Option<Exit>,
     pub(super) link_ping_changed: bool,
+    /// Reconnect once the current answer is out (a new AuthorizationKey).
+    pub(super) reconnect_requested: bool,
 }
 
 /// Files under the service's state dir.
@@ -250,9 +256,10 @@ impl Station {
         let connectors = cfg.connectors.max(1);
         let keys = ConfigStore::open(&dir.join("config-keys.json"), &cfg.keys, connectors)
             .map_err(|e| anyhow_like::Error(e.to_string()))?;
-        let queue = Queue::open(&dir.join("queue")).map_err(|e| anyhow_like::Error(e.to_string()))?;
-        let ledger =
-            Ledger::open(&dir.join("ledger.json")).map_err(|e| anyhow_like::Error(e.to_string()))?;
+        let queue =
+            Queue::open(&dir.join("queue")).map_err(|e| anyhow_like::Error(e.to_string()))?;
+        let ledger = Ledger::open(&dir.join("ledger.json"))
+            .map_err(|e| anyhow_like::Error(e.to_string()))?;
         let list = LocalList::open(
             &dir.join("local-list.json"),
             keys.int(Key::LocalAuthListMaxLength).max(0) as usize,
@@ -275,12 +282,22 @@ impl Station {
             },
         )
         .map_err(|e| anyhow_like::Error(e.to_string()))?;
+        // A key the CSMS set (Security Whitepaper §2: AuthorizationKey)
+        // replaces the configured password.
+        let stored_key = keys.string(Key::AuthorizationKey);
+        let password = if stored_key.is_empty() {
+            password
+        } else {
+            Some(stored_key)
+        };
         let transport = cfg.transport(password);
         let backoff = Backoff::new(
             Duration::from_secs(cfg.reconnect_min_s),
             Duration::from_secs(cfg.reconnect_max_s),
         );
-        let connectors = (1..=connectors).map(|id| (id, Connector::default())).collect();
+        let connectors = (1..=connectors)
+            .map(|id| (id, Connector::default()))
+            .collect();
         let station = Station {
             cfg,
             keys,
@@ -313,6 +330,7 @@ impl Station {
             ending: 0,
             exit: None,
             link_ping_changed: false,
+            reconnect_requested: false,
         };
         station.publish();
         Ok(station)
@@ -349,6 +367,14 @@ impl Station {
                 }
                 _ = tokio::time::sleep_until(deadline) => self.on_timers(),
             }
+            if std::mem::take(&mut self.reconnect_requested)
+                && let Some(l) = link.take()
+            {
+                tracing::info!("reconnecting with the new AuthorizationKey");
+                l.close().await;
+                self.disconnected(&mut link, "new AuthorizationKey");
+                self.next_connect = Instant::now();
+            }
             self.pump(&mut link).await;
             self.check_reset().await;
             self.publish();
@@ -361,6 +387,14 @@ impl Station {
         }
     }
 
+    /// The CSMS set a new AuthorizationKey: use it from the next connection.
+    pub(super) fn set_password(&mut self, password: String) {
+        self.transport.basic_auth_password = Some(password);
+        if self.transport.security_profile == 1 || self.transport.security_profile == 2 {
+            self.reconnect_requested = true;
+        }
+    }
+
     fn ping_interval(&self) -> Option<Duration> {
         let s = self.keys.int(Key::WebSocketPingInterval);
         (s > 0).then(|| Duration::from_secs(s as u64))
@@ -370,10 +404,14 @@ impl Station {
         self.connecting = true;
         let cfg = self.transport.clone();
         let events = self.events.clone();
-        tracing::info!(url = cfg.csms_url, station = cfg.station_id, "connecting to the CSMS");
+        tracing::info!(
+            url = cfg.csms_url,
+            station = cfg.station_id,
+            "connecting to the CSMS"
+        );
         tokio::spawn(async move {
             let event = match Link::connect(&cfg).await {
-                Ok(link) => Event::Connected(link),
+                Ok(link) => Event::Connected(Box::new(link)),
                 Err(e) => Event::ConnectFailed(e.to_string()),
             };
             let _ = events.send(event).await;
@@ -507,7 +545,7 @@ impl Station {
                 self.connecting = false;
                 self.connected = true;
                 self.backoff.reset();
-                let mut l = l;
+                let mut l = *l;
                 l.set_ping_interval(self.ping_interval());
                 *link = Some(l);
                 tracing::info!("connected to the CSMS");
@@ -543,7 +581,8 @@ impl Station {
                 match outgoing::data_transfer(&vendor_id, &message_id, &data) {
                     Ok(request) => {
                         if self.registration == Registration::Accepted && self.connected {
-                            self.pending.push_back(Pending::DataTransfer { request, reply });
+                            self.pending
+                                .push_back(Pending::DataTransfer { request, reply });
                         } else {
                             let _ = reply.send(Err("not connected to the CSMS".into()));
                         }
@@ -611,7 +650,11 @@ impl Station {
                 None
             }
             Err(e) => {
-                tracing::warn!(code = e.code.as_str(), "malformed frame from the CSMS: {}", e.description);
+                tracing::warn!(
+                    code = e.code.as_str(),
+                    "malformed frame from the CSMS: {}",
+                    e.description
+                );
                 Some(Frame::CallError(e.reply()))
             }
         }
@@ -619,14 +662,19 @@ impl Station {
 
     fn on_result(&mut self, result: CallResult) {
         let Some(o) = self.outstanding.take_if(|o| o.id == result.id) else {
-            tracing::warn!(id = result.id, "CALLRESULT for no outstanding CALL: ignored");
+            tracing::warn!(
+                id = result.id,
+                "CALLRESULT for no outstanding CALL: ignored"
+            );
             return;
         };
         match o.sent {
             Sent::Pending(p) => self.pending_answered(p, result.payload),
-            Sent::Queued { seq, action, tx_ref } => {
-                self.queued_answered(seq, &action, tx_ref.as_deref(), result.payload)
-            }
+            Sent::Queued {
+                seq,
+                action,
+                tx_ref,
+            } => self.queued_answered(seq, &action, tx_ref.as_deref(), result.payload),
         }
     }
 
@@ -646,7 +694,9 @@ impl Station {
 
     /// The outstanding CALL failed (CALLERROR or no answer).
     fn call_failed(&mut self, code: ErrorCode, why: &str) {
-        let Some(o) = self.outstanding.take() else { return };
+        let Some(o) = self.outstanding.take() else {
+            return;
+        };
         match o.sent {
             Sent::Pending(p) => self.pending_failed(p),
             Sent::Queued { seq, action, .. } => {
@@ -671,7 +721,13 @@ impl Station {
                     // §4.10: wait TransactionMessageRetryInterval × attempts.
                     let base = self.keys.int(Key::TransactionMessageRetryInterval).max(0) as u64;
                     let delay = Duration::from_secs(base * attempts as u64);
-                    tracing::info!(seq, action, attempts, ?delay, "transaction message will be retried");
+                    tracing::info!(
+                        seq,
+                        action,
+                        attempts,
+                        ?delay,
+                        "transaction message will be retried"
+                    );
                     self.queue_hold_until = Some(Instant::now() + delay);
                 }
             }
@@ -697,7 +753,9 @@ impl Station {
     /// Send the next CALL if the line is free.
     async fn pump(&mut self, link: &mut Option<Link>) {
         while self.connected && self.outstanding.is_none() {
-            let Some((action, payload, sent)) = self.next_call() else { return };
+            let Some((action, payload, sent)) = self.next_call() else {
+                return;
+            };
             let id = self.ids.next();
             let frame = Frame::Call(Call {
                 id: id.clone(),
@@ -722,7 +780,10 @@ impl Station {
         if self.registration != Registration::Accepted {
             // §4.2.1: only BootNotification until accepted (a triggered one
             // included).
-            let at = self.pending.iter().position(|p| matches!(p, Pending::Boot))?;
+            let at = self
+                .pending
+                .iter()
+                .position(|p| matches!(p, Pending::Boot))?;
             let p = self.pending.remove(at)?;
             let (action, payload) = self.build_pending(&p)?;
             return Some((action, payload, Sent::Pending(p)));
@@ -759,7 +820,9 @@ impl Station {
 
     fn build_pending(&mut self, p: &Pending) -> Option<(String, Value)> {
         fn enc<R: m::Request>(r: &R) -> Option<(String, Value)> {
-            serde_json::to_value(r).ok().map(|v| (R::ACTION.to_string(), v))
+            serde_json::to_value(r)
+                .ok()
+                .map(|v| (R::ACTION.to_string(), v))
         }
         match p {
             Pending::Boot => enc(&outgoing::boot(&self.cfg)),
@@ -794,7 +857,8 @@ impl Station {
             },
             Pending::Heartbeat => {
                 if let Ok(conf) = serde_json::from_value::<m::HeartbeatResponse>(payload) {
-                    self.clock.set(conf.current_time.unix_ms(), clock::system_ms());
+                    self.clock
+                        .set(conf.current_time.unix_ms(), clock::system_ms());
                 }
             }
             Pending::Status(_) | Pending::MeterValues(_) => {}
@@ -814,7 +878,12 @@ impl Station {
             }
             Pending::DataTransfer { reply, .. } => {
                 let answer = serde_json::from_value::<m::DataTransferResponse>(payload)
-                    .map(|conf| (conf.status.as_str().to_string(), conf.data.unwrap_or_default()))
+                    .map(|conf| {
+                        (
+                            conf.status.as_str().to_string(),
+                            conf.data.unwrap_or_default(),
+                        )
+                    })
                     .map_err(|e| format!("invalid DataTransfer.conf: {e}"));
                 let _ = reply.send(answer);
             }
@@ -850,14 +919,17 @@ impl Station {
     }
 
     fn boot_answered(&mut self, conf: m::BootNotificationResponse) {
-        self.clock.set(conf.current_time.unix_ms(), clock::system_ms());
+        self.clock
+            .set(conf.current_time.unix_ms(), clock::system_ms());
         let interval = conf.interval.max(0) as u64;
         match conf.status {
             m::RegistrationStatus::Accepted => {
                 tracing::info!(interval, "the CSMS accepted the station");
                 self.registration = Registration::Accepted;
                 if interval > 0 {
-                    let _ = self.keys.change(Key::HeartbeatInterval.name(), &interval.to_string());
+                    let _ = self
+                        .keys
+                        .change(Key::HeartbeatInterval.name(), &interval.to_string());
                 }
                 // §4.9: connector 0 and every connector after boot.
                 self.pending.push_back(Pending::Status(0));
@@ -865,6 +937,8 @@ impl Station {
                     self.status_changed(id, true);
                 }
                 self.schedule_heartbeat();
+                // The clock may have moved: realign, and recompute limits.
+                self.schedule_aligned();
                 self.next_limit = Some(Instant::now());
             }
             status => {
@@ -974,7 +1048,9 @@ impl Station {
         if let Some(c) = self.connectors.get_mut(&evse) {
             c.pending_tx_profile = profile;
         }
-        let Some(proxy) = self.bus.evse.get(&evse).cloned() else { return };
+        let Some(proxy) = self.bus.evse.get(&evse).cloned() else {
+            return;
+        };
         let events = self.events.clone();
         tokio::spawn(async move {
             if let Err(e) = proxy.start_session(&id_tag).await {
@@ -991,7 +1067,11 @@ impl Station {
     /// Evse told us something.
     fn on_evse(&mut self, e: EvseEvent) {
         match e {
-            EvseEvent::Status { evse, status, fault } => {
+            EvseEvent::Status {
+                evse,
+                status,
+                fault,
+            } => {
                 if let Some(c) = self.connectors.get_mut(&evse) {
                     c.status = status;
                     c.fault = fault;
@@ -1042,7 +1122,9 @@ impl Station {
     /// Queue StatusNotification for `evse` if it differs from what the CSMS
     /// knows (or always, with `force`).
     pub(super) fn status_changed(&mut self, evse: u32, force: bool) {
-        let Some(c) = self.connectors.get(&evse) else { return };
+        let Some(c) = self.connectors.get(&evse) else {
+            return;
+        };
         if c.status.is_empty() {
             return;
         }
@@ -1050,17 +1132,26 @@ impl Station {
         if !force && c.reported.as_ref() == Some(&now) {
             return;
         }
-        if self.registration == Registration::Accepted && self.connected {
-            if !self.pending.iter().any(|p| matches!(p, Pending::Status(id) if *id == evse)) {
-                self.pending.push_back(Pending::Status(evse));
-            }
+        if self.registration == Registration::Accepted
+            && self.connected
+            && !self
+                .pending
+                .iter()
+                .any(|p| matches!(p, Pending::Status(id) if *id == evse))
+        {
+            self.pending.push_back(Pending::Status(evse));
         }
     }
 
     fn status_request(&mut self, evse: u32) -> m::StatusNotificationRequest {
         let now = self.clock.now_ms();
         if evse == 0 {
-            return outgoing::status(0, "Available", "", now);
+            // The station as a whole (§4.9 connector 0): unavailable only
+            // when every connector is.
+            let all_off = !self.connectors.is_empty()
+                && self.connectors.values().all(|c| c.status == "Unavailable");
+            let status = if all_off { "Unavailable" } else { "Available" };
+            return outgoing::status(0, status, "", now);
         }
         let (status, fault) = self
             .connectors
@@ -1082,10 +1173,10 @@ impl Station {
     }
 
     fn session_started(&mut self, record: &SessionRecord) {
-        if let Some(c) = self.connectors.get_mut(&record.evse) {
-            if record.is_active() {
-                c.session = Some(record.clone());
-            }
+        if let Some(c) = self.connectors.get_mut(&record.evse)
+            && record.is_active()
+        {
+            c.session = Some(record.clone());
         }
         if self.ledger.start_queued(&record.id, &self.queue) {
             return;
@@ -1111,7 +1202,10 @@ impl Station {
             c.session = None;
             c.pending_tx_profile = None;
         }
-        let tx_id = self.queue.transaction_id(&record.id).and_then(|id| i32::try_from(id).ok());
+        let tx_id = self
+            .queue
+            .transaction_id(&record.id)
+            .and_then(|id| i32::try_from(id).ok());
         self.profiles.transaction_ended(record.evse, tx_id);
         self.update_sampling(record.evse);
         self.next_limit = Some(Instant::now());
@@ -1146,10 +1240,15 @@ impl Station {
                             signed.push((m::ReadingContext::TransactionEnd, e.ocmf));
                         }
                     }
-                    Err(_) => tracing::warn!(session = record.id, "meter did not answer: no signed values"),
+                    Err(_) => tracing::warn!(
+                        session = record.id,
+                        "meter did not answer: no signed values"
+                    ),
                 }
             }
-            let _ = events.send(Event::Done(Done::Ended { record, signed })).await;
+            let _ = events
+                .send(Event::Done(Done::Ended { record, signed }))
+                .await;
         });
     }
 
@@ -1159,7 +1258,10 @@ impl Station {
         }
         // StopTxnSampledData and the stop sample (§9.1.x): what the ledger
         // collected during the transaction, with the final reading.
-        let reading = self.connectors.get(&record.evse).and_then(|c| c.reading.clone());
+        let reading = self
+            .connectors
+            .get(&record.evse)
+            .and_then(|c| c.reading.clone());
         if let Some(reading) = &reading {
             let stop_measurands = self.keys.list(Key::StopTxnSampledData);
             if let Some(mv) = outgoing::meter_value(
@@ -1190,8 +1292,13 @@ impl Station {
             "StartTransaction" => {
                 match serde_json::from_value::<m::StartTransactionResponse>(payload) {
                     Ok(conf) => {
-                        let Some(tx_ref) = tx_ref else { return self.ack(seq) };
-                        if let Err(e) = self.queue.bind_transaction(tx_ref, conf.transaction_id as i64) {
+                        let Some(tx_ref) = tx_ref else {
+                            return self.ack(seq);
+                        };
+                        if let Err(e) = self
+                            .queue
+                            .bind_transaction(tx_ref, conf.transaction_id as i64)
+                        {
                             tracing::error!("cannot persist a transaction id: {e}");
                         }
                         self.ack(seq);
@@ -1209,7 +1316,10 @@ impl Station {
                             },
                             deadline: Instant::now(),
                         });
-                        self.call_failed(ErrorCode::FormationViolation, "invalid StartTransaction.conf");
+                        self.call_failed(
+                            ErrorCode::FormationViolation,
+                            "invalid StartTransaction.conf",
+                        );
                     }
                 }
             }
@@ -1247,7 +1357,9 @@ impl Station {
     /// StartTransaction.conf: the CSMS's transactionId and its verdict on
     /// the id tag (§5.x StopTransactionOnInvalidId).
     fn start_confirmed(&mut self, tx_ref: &str, transaction_id: i32, info: IdTagInfo) {
-        let Some((evse, tag)) = self.ledger.session_of(tx_ref) else { return };
+        let Some((evse, tag)) = self.ledger.session_of(tx_ref) else {
+            return;
+        };
         self.remember(&tag, &info);
         let active = self
             .connectors
@@ -1257,7 +1369,11 @@ impl Station {
         if !active {
             return;
         }
-        if let Some(profile) = self.connectors.get_mut(&evse).and_then(|c| c.pending_tx_profile.take()) {
+        if let Some(profile) = self
+            .connectors
+            .get_mut(&evse)
+            .and_then(|c| c.pending_tx_profile.take())
+        {
             let mut profile = *profile;
             profile.transaction_id = Some(transaction_id);
             match convert::profile(&profile) {
@@ -1270,7 +1386,9 @@ impl Station {
             self.next_limit = Some(Instant::now());
         }
         if info.status != local_auth::AuthStatus::Accepted {
-            let Some(proxy) = self.bus.evse.get(&evse).cloned() else { return };
+            let Some(proxy) = self.bus.evse.get(&evse).cloned() else {
+                return;
+            };
             if self.keys.bool(Key::StopTransactionOnInvalidId) {
                 tracing::warn!(evse, status = ?info.status, "id tag not accepted by the CSMS: stopping");
                 tokio::spawn(async move {
@@ -1295,7 +1413,9 @@ impl Station {
     /// MeterValueSampleInterval: while a transaction runs).
     fn update_sampling(&mut self, evse: u32) {
         let interval = self.keys.int(Key::MeterValueSampleInterval);
-        let Some(c) = self.connectors.get_mut(&evse) else { return };
+        let Some(c) = self.connectors.get_mut(&evse) else {
+            return;
+        };
         if c.session.is_some() && interval > 0 {
             if c.next_sample.is_none() {
                 c.next_sample = Some(Instant::now() + Duration::from_secs(interval as u64));
@@ -1316,20 +1436,30 @@ impl Station {
 
     fn periodic_sample(&mut self, evse: u32) {
         let interval = self.keys.int(Key::MeterValueSampleInterval).max(1) as u64;
-        let Some(c) = self.connectors.get_mut(&evse) else { return };
+        let Some(c) = self.connectors.get_mut(&evse) else {
+            return;
+        };
         c.next_sample = Some(Instant::now() + Duration::from_secs(interval));
         let (Some(session), Some(reading)) = (c.session.clone(), c.reading.clone()) else {
             return;
         };
         let measurands = self.keys.list(Key::MeterValuesSampledData);
         let stamp = clock::system_ms();
-        if let Some(mv) = outgoing::meter_value(&reading, &measurands, m::ReadingContext::SamplePeriodic, stamp)
-        {
+        if let Some(mv) = outgoing::meter_value(
+            &reading,
+            &measurands,
+            m::ReadingContext::SamplePeriodic,
+            stamp,
+        ) {
             self.enqueue_meter_values(evse, &session.id, mv);
         }
         let stop_measurands = self.keys.list(Key::StopTxnSampledData);
-        if let Some(mv) = outgoing::meter_value(&reading, &stop_measurands, m::ReadingContext::SamplePeriodic, stamp)
-        {
+        if let Some(mv) = outgoing::meter_value(
+            &reading,
+            &stop_measurands,
+            m::ReadingContext::SamplePeriodic,
+            stamp,
+        ) {
             self.ledger_sample(&session.id, mv);
         }
     }
@@ -1354,30 +1484,38 @@ impl Station {
         let stamp = clock::system_ms();
         let ids: Vec<u32> = self.connectors.keys().copied().collect();
         for evse in ids {
-            let Some(c) = self.connectors.get(&evse) else { continue };
+            let Some(c) = self.connectors.get(&evse) else {
+                continue;
+            };
             let (session, Some(reading)) = (c.session.clone(), c.reading.clone()) else {
                 continue;
             };
-            let Some(mv) = outgoing::meter_value(&reading, &measurands, m::ReadingContext::SampleClock, stamp)
+            let Some(mv) =
+                outgoing::meter_value(&reading, &measurands, m::ReadingContext::SampleClock, stamp)
             else {
                 continue;
             };
             match session {
                 Some(s) => {
                     self.enqueue_meter_values(evse, &s.id, mv);
-                    if let Some(mv) =
-                        outgoing::meter_value(&reading, &stop_measurands, m::ReadingContext::SampleClock, stamp)
-                    {
+                    if let Some(mv) = outgoing::meter_value(
+                        &reading,
+                        &stop_measurands,
+                        m::ReadingContext::SampleClock,
+                        stamp,
+                    ) {
                         self.ledger_sample(&s.id, mv);
                     }
                 }
                 None => {
                     if self.registration == Registration::Accepted && self.connected {
-                        self.pending.push_back(Pending::MeterValues(Box::new(m::MeterValuesRequest {
-                            connector_id: evse as i32,
-                            transaction_id: None,
-                            meter_value: vec![self.stamped(mv)],
-                        })));
+                        self.pending.push_back(Pending::MeterValues(Box::new(
+                            m::MeterValuesRequest {
+                                connector_id: evse as i32,
+                                transaction_id: None,
+                                meter_value: vec![self.stamped(mv)],
+                            },
+                        )));
                     }
                 }
             }
@@ -1394,20 +1532,30 @@ impl Station {
 
     /// A sample now for `evse` (TriggerMessage MeterValues).
     pub(super) fn triggered_meter_values(&mut self, evse: u32) {
-        let Some(c) = self.connectors.get(&evse) else { return };
-        let Some(reading) = c.reading.clone() else { return };
+        let Some(c) = self.connectors.get(&evse) else {
+            return;
+        };
+        let Some(reading) = c.reading.clone() else {
+            return;
+        };
         let tx = c
             .session
             .as_ref()
             .and_then(|s| self.queue.transaction_id(&s.id))
             .and_then(|id| i32::try_from(id).ok());
         let measurands = self.keys.list(Key::MeterValuesSampledData);
-        if let Some(mv) = outgoing::meter_value(&reading, &measurands, m::ReadingContext::Trigger, clock::system_ms()) {
-            self.pending.push_back(Pending::MeterValues(Box::new(m::MeterValuesRequest {
-                connector_id: evse as i32,
-                transaction_id: tx,
-                meter_value: vec![self.stamped(mv)],
-            })));
+        if let Some(mv) = outgoing::meter_value(
+            &reading,
+            &measurands,
+            m::ReadingContext::Trigger,
+            clock::system_ms(),
+        ) {
+            self.pending
+                .push_back(Pending::MeterValues(Box::new(m::MeterValuesRequest {
+                    connector_id: evse as i32,
+                    transaction_id: tx,
+                    meter_value: vec![self.stamped(mv)],
+                })));
         }
     }
 
@@ -1424,11 +1572,15 @@ impl Station {
                 next = Some(next.map_or(change, |n| n.min(change)));
             }
             let limit = limit.map(|(v, unit, _)| (v, unit));
-            let Some(c) = self.connectors.get_mut(&evse) else { continue };
+            let Some(c) = self.connectors.get_mut(&evse) else {
+                continue;
+            };
             if c.pushed_limit == Some(limit) {
                 continue;
             }
-            let Some(proxy) = self.bus.evse.get(&evse).cloned() else { continue };
+            let Some(proxy) = self.bus.evse.get(&evse).cloned() else {
+                continue;
+            };
             c.pushed_limit = Some(limit);
             tracing::info!(evse, ?limit, "charging limit from the profiles");
             tokio::spawn(async move {
@@ -1444,32 +1596,47 @@ impl Station {
                 }
             });
         }
-        self.next_limit = next.map(|t| Instant::now() + Duration::from_millis((t - now).max(0) as u64));
+        self.next_limit =
+            next.map(|t| Instant::now() + Duration::from_millis((t - now).max(0) as u64));
     }
 
     /// (transactionId, start ms) of the transaction on `evse`, once the CSMS
     /// gave it an id.
     pub(super) fn active_tx(&self, evse: u32) -> Option<(i32, i64)> {
         let s = self.connectors.get(&evse)?.session.as_ref()?;
-        let id = self.queue.transaction_id(&s.id).and_then(|id| i32::try_from(id).ok());
+        let id = self
+            .queue
+            .transaction_id(&s.id)
+            .and_then(|id| i32::try_from(id).ok());
         // A Relative profile anchors at the start even before the CSMS
         // answered; 0 stands for "not known yet".
-        Some((id.unwrap_or(0), self.clock.station_ms(s.started_ms).unwrap_or(s.started_ms)))
+        Some((
+            id.unwrap_or(0),
+            self.clock.station_ms(s.started_ms).unwrap_or(s.started_ms),
+        ))
     }
 
     /// Carry out a reset once every session's StopTransaction is persisted
     /// (or after 30 s, whatever evse does).
     async fn check_reset(&mut self) {
-        let Some((hard, _, deadline)) = &self.reset_due else { return };
+        let Some((hard, _, deadline)) = &self.reset_due else {
+            return;
+        };
         let settled = self.ending == 0 && self.connectors.values().all(|c| c.session.is_none());
         if !settled && Instant::now() < *deadline {
             return;
         }
         let hard = *hard;
-        let Some((_, command, _)) = self.reset_due.take() else { return };
+        let Some((_, command, _)) = self.reset_due.take() else {
+            return;
+        };
         if !command.is_empty() {
             tracing::warn!(?command, "running the reset command");
-            match tokio::process::Command::new(&command[0]).args(&command[1..]).status().await {
+            match tokio::process::Command::new(&command[0])
+                .args(&command[1..])
+                .status()
+                .await
+            {
                 Ok(s) if s.success() => {}
                 Ok(s) => tracing::error!("reset command failed: {s}"),
                 Err(e) => tracing::error!("cannot run the reset command: {e}"),
@@ -1509,7 +1676,6 @@ impl Station {
             tracing::error!("cannot write the transaction ledger: {e}");
         }
     }
-
 }
 
 /// Receive from the link if there is one; otherwise never.
