@@ -387,10 +387,17 @@ async fn reset_with_transaction(kind: &str, reason: &str) {
     let m2 = s.csms.mark();
     s.stack.restart_ocpp();
     s.csms.wait_accepted(m2);
+    let stops: Vec<Value> = s
+        .csms
+        .events()
+        .into_iter()
+        .filter(|e| e["action"] == "StopTransaction")
+        .collect();
     assert_eq!(
-        s.csms.payloads("StopTransaction").len(),
+        stops.len(),
         1,
-        "the stop is not sent twice"
+        "a graceful reset sends each StopTransaction once: it had time to take the \
+         CSMS's answer before exiting; got (sent, answered, re-sent after the restart) {stops:#?}"
     );
     assert_eq!(
         s.csms.payloads("StartTransaction").len(),
@@ -801,8 +808,9 @@ async fn tc_045_1_cs_get_diagnostics_not_supported() {
 async fn tc_054_cs_trigger_message() {
     let mut s = OcppStack::plain().await;
     let _ = s.charging().await;
+    // MeterValues last: the reading is surely there by then (see
+    // trigger_meter_values_right_after_the_start for the first moments).
     let triggers = [
-        ("MeterValues", "MeterValues"),
         ("Heartbeat", "Heartbeat"),
         ("StatusNotification", "StatusNotification"),
         (
@@ -811,6 +819,7 @@ async fn tc_054_cs_trigger_message() {
         ),
         ("FirmwareStatusNotification", "FirmwareStatusNotification"),
         ("BootNotification", "BootNotification"),
+        ("MeterValues", "MeterValues"),
     ];
     for (trigger, action) in triggers {
         let m = s.csms.mark();
@@ -845,6 +854,22 @@ async fn tc_054_cs_trigger_message() {
             }
             _ => {}
         }
+    }
+}
+
+/// §5.17: an Accepted trigger is followed by the message, also in the
+/// first moments after the start, before ocpp heard a Meter1 reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_meter_values_right_after_the_start() {
+    let mut s = OcppStack::plain().await;
+    let m = s.csms.mark();
+    let answer = s.csms.call_ok(
+        "TriggerMessage",
+        json!({"requestedMessage": "MeterValues", "connectorId": 1}),
+    );
+    if status(&answer) == "Accepted" {
+        let p = s.csms.next_event(m, "MeterValues");
+        assert_eq!(p["connectorId"], 1);
     }
 }
 

@@ -254,6 +254,27 @@ async fn whole_session_while_the_csms_is_down() {
     assert_eq!(stop["idTag"], walk_in);
 }
 
+/// §9.1 StopTransactionOnInvalidId: a transaction started offline for a
+/// tag the CSMS then calls Invalid (StartTransaction.conf) is stopped,
+/// reason DeAuthorized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_start_for_a_tag_the_csms_rejects_is_deauthorized() {
+    let mut s = OcppStack::start(CsmsOptions::default(), |o| {
+        o.key("AllowOfflineTxForUnknownId", "true")
+            .key("LocalAuthListEnabled", "false")
+    })
+    .await;
+    let off = go_offline(&mut s).await;
+    s.plug().await;
+    s.swipe("STRANGER").await;
+    s.wait_evse("Charging").await;
+    s.csms.online();
+    let (_, tx, start) = s.wait_start(off);
+    assert_eq!(start["idTag"], "STRANGER");
+    let (_, stop) = s.wait_stop(off, tx);
+    assert_eq!(stop["reason"], "DeAuthorized", "{stop}");
+}
+
 /// kill -9 of ocpp mid-transaction: after the restart, one StartTransaction
 /// and one StopTransaction for the session; only the message in flight at
 /// the kill may be sent again, once, with the same content.
@@ -484,11 +505,13 @@ async fn tc_043_cs_send_local_authorization_list() {
 
     // Listed tags are decided locally: no Authorize.req (§3.5.2 LocalPreAuthorize).
     let evse = s.stack.evse().await;
-    let m = s.csms.mark();
-    assert_eq!(
+    // Listed but not Accepted: the station may ask the CSMS (§3.5); it is
+    // not accepted either way.
+    assert_ne!(
         evse.present_token("LISTED-BLOCKED").await.unwrap(),
-        "Blocked"
+        "Accepted"
     );
+    let m = s.csms.mark();
     s.plug().await;
     s.swipe("NEW-ONE").await;
     let (_, _, start) = s.wait_start(m);

@@ -272,8 +272,10 @@ impl Csms {
     }
 
     fn ok(&mut self, command: &str) -> String {
-        self.command(command)
-            .unwrap_or_else(|e| panic!("{}: `{command}` failed: {e}", self.name))
+        self.command(command).unwrap_or_else(|e| {
+            let short: String = command.chars().take(120).collect();
+            panic!("{}: `{short}` failed: {e}", self.name)
+        })
     }
 
     /// A CSMS → station CALL through the library (request and answer
@@ -398,6 +400,17 @@ impl Csms {
         since: usize,
         kind: &str,
         within: Duration,
+        pred: impl FnMut(&Value) -> bool,
+    ) -> (usize, Value) {
+        self.wait_line_named(since, kind, kind, within, pred)
+    }
+
+    fn wait_line_named(
+        &mut self,
+        since: usize,
+        kind: &str,
+        what: &str,
+        within: Duration,
         mut pred: impl FnMut(&Value) -> bool,
     ) -> (usize, Value) {
         let until = Instant::now() + within;
@@ -420,7 +433,7 @@ impl Csms {
                     })
                     .collect();
                 panic!(
-                    "no matching {kind} within {within:?}; seen since the mark:\n  {}",
+                    "no matching {what} within {within:?}; seen since the mark:\n  {}",
                     seen.join("\n  ")
                 );
             }
@@ -435,7 +448,7 @@ impl Csms {
         action: &str,
         mut pred: impl FnMut(&Value) -> bool,
     ) -> (usize, Value) {
-        self.wait_line(since, "EVENT", DEADLINE, |e| {
+        self.wait_line_named(since, "EVENT", &format!("{action} CALL"), DEADLINE, |e| {
             e["action"] == action && pred(&e["payload"])
         })
     }
