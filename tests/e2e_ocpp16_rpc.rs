@@ -268,6 +268,7 @@ async fn every_message_in_both_directions() {
     );
     assert_eq!(status(&answer), "Accepted");
     let (_, tx, _) = s.wait_start(m);
+    s.wait_readings(2).await;
     s.csms.call_ok(
         "TriggerMessage",
         json!({"requestedMessage": "MeterValues", "connectorId": 1}),

@@ -9,10 +9,8 @@
 
 mod harness;
 
-use std::time::{Duration, Instant};
-
 use futures_util::StreamExt;
-use harness::csms::{CsmsOptions, OcppStack, iso, now_ms, unix_ms};
+use harness::csms::{OcppStack, iso, now_ms, unix_ms};
 use harness::{DEADLINE, TOKEN};
 use serde_json::{Value, json};
 
@@ -283,10 +281,9 @@ async fn tc_060_cs_remote_start_transaction_with_charging_profile_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tc_066_cs_get_composite_schedule_profile_stack() {
     let mut s = OcppStack::plain().await;
-    let (m, tx) = s.charging().await;
+    let (_, tx) = s.charging().await;
     let start = s.csms.wait_event("StartTransaction", |_| true);
     let tx_start = unix_ms(start["timestamp"].as_str().unwrap());
-    let _ = m;
 
     let now = now_ms();
     let t0 = (now / 1000 + 3) * 1000;
@@ -390,7 +387,6 @@ async fn tc_066_cs_get_composite_schedule_profile_stack() {
         boundary,
         "TxProfile period 2 capped at 20 A",
     );
-    let _ = Instant::now() + Duration::from_secs(0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,5 +501,4 @@ async fn set_charging_profile_limits_and_replacement() {
         ),
         "Rejected"
     );
-    let _ = CsmsOptions::default();
 }

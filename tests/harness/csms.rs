@@ -702,9 +702,10 @@ pub fn unix_ms(text: &str) -> i64 {
         bad();
     }
     let num = |r: std::ops::Range<usize>| -> i64 {
-        text.get(r)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| bad())
+        match text.get(r).and_then(|s| s.parse().ok()) {
+            Some(v) => v,
+            None => bad(),
+        }
     };
     let (y, mo, d) = (num(0..4), num(5..7), num(8..10));
     let (h, mi, s) = (num(11..13), num(14..16), num(17..19));
@@ -828,6 +829,20 @@ impl OcppStack {
             found.is_ok(),
             "ConnectionState never became {want} within {DEADLINE:?}"
         );
+    }
+
+    /// Wait for `n` Meter1 Reading signals of EVSE 1 (broadcast: ocpp,
+    /// subscribed since its start, gets the same ones).
+    pub async fn wait_readings(&self, n: usize) {
+        use futures_util::StreamExt;
+        let meter = self.stack.meter().await;
+        let mut readings = meter.receive_reading().await.unwrap();
+        for _ in 0..n {
+            tokio::time::timeout(DEADLINE, readings.next())
+                .await
+                .unwrap_or_else(|_| panic!("no Meter1 Reading within {DEADLINE:?}"))
+                .expect("signal stream");
+        }
     }
 
     /// Wait until EVSE 1's status is `want` (on the bus, whatever the CSMS
