@@ -52,6 +52,57 @@ enum CtlCommand {
     /// Move the simulated world.
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Act as the operator of the built-in CSMS (`evos sim` without --csms).
+    Csms(CsmsArgs),
+}
+
+#[derive(Args)]
+struct CsmsArgs {
+    /// The station to address (default: the only connected one).
+    #[arg(long, default_value = "")]
+    station: String,
+    #[command(subcommand)]
+    command: CsmsCommand,
+}
+
+#[derive(Subcommand)]
+enum CsmsCommand {
+    /// Stations the CSMS knows: connection, boot, connector statuses.
+    Stations,
+    /// Transactions the CSMS recorded.
+    Transactions,
+    /// RemoteStartTransaction for TOKEN on EVSE.
+    RemoteStart { evse: u32, token: String },
+    /// RemoteStopTransaction of the transaction on EVSE, or of --transaction ID.
+    RemoteStop {
+        #[arg(required_unless_present = "transaction")]
+        evse: Option<u32>,
+        #[arg(long, conflicts_with = "evse")]
+        transaction: Option<i32>,
+    },
+    /// SetChargingProfile: limit EVSE to VALUE amps (A) or watts (W);
+    /// --clear clears its profiles (ClearChargingProfile).
+    SetLimit {
+        evse: u32,
+        #[arg(required_unless_present = "clear")]
+        value: Option<f64>,
+        #[arg(value_parser = ["A", "W"], required_unless_present = "clear")]
+        unit: Option<String>,
+        #[arg(long, conflicts_with_all = ["value", "unit"])]
+        clear: bool,
+    },
+    /// Reset the station.
+    Reset {
+        #[arg(value_parser = ["soft", "hard"])]
+        kind: String,
+    },
+    /// TriggerMessage: BootNotification, DiagnosticsStatusNotification,
+    /// FirmwareStatusNotification, Heartbeat, MeterValues, StatusNotification.
+    Trigger { message: String, evse: Option<u32> },
+    /// GetConfiguration of KEYs (none: every key).
+    GetConfig { keys: Vec<String> },
+    /// ChangeConfiguration of KEY to VALUE.
+    SetConfig { key: String, value: String },
 }
 
 #[derive(Subcommand)]
@@ -215,6 +266,7 @@ async fn run(connection: &Connection, args: &CtlArgs) -> Result<i32> {
                 .map_err(bus_error)?;
             Ok(0)
         }
+        CtlCommand::Csms(csms_args) => csms(connection, csms_args, args.json).await,
         CtlCommand::Sim(cmd) => {
             let sim = Sim1Proxy::new(connection).await?;
             match cmd {
@@ -480,4 +532,214 @@ pub fn status_line(r: &serde_json::Value) -> String {
         },
         reservation_text(&r["reservation"]),
     )
+}
+
+/// A Csms1 error; the interface missing means no built-in CSMS runs.
+fn csms_error(e: evos_bus::Error) -> anyhow::Error {
+    // zbus reports the bus's standard errors as fdo errors.
+    let name = match &e {
+        evos_bus::Error::ZBus(zbus::Error::MethodError(name, _, _)) => name.to_string(),
+        evos_bus::Error::ZBus(zbus::Error::FDO(fdo)) => {
+            zbus::DBusError::name(fdo.as_ref()).to_string()
+        }
+        other => other.dbus_name(),
+    };
+    if matches!(
+        name.as_str(),
+        "org.freedesktop.DBus.Error.UnknownObject"
+            | "org.freedesktop.DBus.Error.UnknownInterface"
+            | "org.freedesktop.DBus.Error.UnknownMethod"
+            | "org.freedesktop.DBus.Error.ServiceUnknown"
+    ) {
+        return anyhow::anyhow!(
+            "the built-in CSMS is not running (an `evos sim --csms URL` uses another one)"
+        );
+    }
+    bus_error(e)
+}
+
+fn time_text(unix_ms: i64) -> String {
+    evos_ocpp::wire::DateTime::from_unix_ms(unix_ms).to_string()
+}
+
+/// `evos ctl csms …`: the built-in CSMS over org.evos.Csms1.
+async fn csms(connection: &Connection, args: &CsmsArgs, json: bool) -> Result<i32> {
+    // Uncached: the first call, not the proxy's creation, then says
+    // whether a CSMS serves the interface.
+    let csms = evos_bus::csms::Csms1Proxy::builder(connection)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?;
+    let station = args.station.as_str();
+    let status = match &args.command {
+        CsmsCommand::Stations => {
+            let all = csms.stations().await.map_err(csms_error)?;
+            if all.is_empty() && !json {
+                println!("no station has connected");
+            }
+            for s in all {
+                let connectors: Vec<serde_json::Value> = s
+                    .connectors
+                    .iter()
+                    .map(|(id, status, error)| {
+                        serde_json::json!({"connector": id, "status": status, "error_code": error})
+                    })
+                    .collect();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"id": s.id, "connected": s.connected,
+                        "boot_status": s.boot_status, "boots": s.boots, "vendor": s.vendor,
+                        "model": s.model, "connectors": connectors,
+                        "received": s.received.iter().map(|(a, n)| (a.clone(), serde_json::Value::from(*n)))
+                            .collect::<serde_json::Map<_, _>>()})
+                    );
+                    continue;
+                }
+                let connectors: Vec<String> = s
+                    .connectors
+                    .iter()
+                    .map(|(id, status, error)| {
+                        if error == "NoError" {
+                            format!("{id} {status}")
+                        } else {
+                            format!("{id} {status} ({error})")
+                        }
+                    })
+                    .collect();
+                println!(
+                    "station {}: {}, boot {} ({} boot{}), {} {}; connectors: {}",
+                    s.id,
+                    if s.connected { "connected" } else { "disconnected" },
+                    if s.boot_status.is_empty() { "-" } else { &s.boot_status },
+                    s.boots,
+                    if s.boots == 1 { "" } else { "s" },
+                    s.vendor,
+                    s.model,
+                    if connectors.is_empty() { "-".to_owned() } else { connectors.join(", ") }
+                );
+            }
+            return Ok(0);
+        }
+        CsmsCommand::Transactions => {
+            let all = csms.transactions().await.map_err(csms_error)?;
+            if all.is_empty() && !json {
+                println!("no transactions");
+            }
+            for t in all {
+                let running = t.meter_stop_wh < 0;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"id": t.id, "station": t.station, "connector": t.connector,
+                        "id_tag": t.id_tag, "auth_status": t.auth_status,
+                        "meter_start_wh": t.meter_start_wh,
+                        "meter_stop_wh": (!running).then_some(t.meter_stop_wh),
+                        "last_meter_wh": (t.last_meter_wh >= 0.0).then_some(t.last_meter_wh),
+                        "meter_values": t.meter_values, "started_ms": t.started_ms,
+                        "stopped_ms": (!running).then_some(t.stopped_ms),
+                        "reason": (!running).then_some(&t.reason), "running": running})
+                    );
+                    continue;
+                }
+                // The meter now (running) or at the stop; unknown until a
+                // running transaction reports one.
+                let meter_end_wh = if running {
+                    (t.last_meter_wh >= 0.0).then_some(t.last_meter_wh)
+                } else {
+                    Some(t.meter_stop_wh as f64)
+                };
+                let meter = match meter_end_wh {
+                    Some(end) => format!(
+                        "meter {} → {end:.0} Wh ({:.3} kWh)",
+                        t.meter_start_wh,
+                        (end - t.meter_start_wh as f64) / 1000.0
+                    ),
+                    None => format!("meter {} Wh", t.meter_start_wh),
+                };
+                let when = if running {
+                    format!("running since {}", time_text(t.started_ms))
+                } else {
+                    format!(
+                        "{} to {}, stopped ({})",
+                        time_text(t.started_ms),
+                        time_text(t.stopped_ms),
+                        t.reason
+                    )
+                };
+                println!(
+                    "transaction {} {}/{} {} ({}): {when}, {meter}, {} meter value{}",
+                    t.id,
+                    t.station,
+                    t.connector,
+                    t.id_tag,
+                    t.auth_status,
+                    t.meter_values,
+                    if t.meter_values == 1 { "" } else { "s" }
+                );
+            }
+            return Ok(0);
+        }
+        CsmsCommand::GetConfig { keys } => {
+            let asked: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let found = csms
+                .get_configuration(station, &asked)
+                .await
+                .map_err(csms_error)?;
+            for (key, readonly, value) in &found {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"key": key, "readonly": readonly, "value": value})
+                    );
+                } else {
+                    println!(
+                        "{key} = {value}{}",
+                        if *readonly { "  (read-only)" } else { "" }
+                    );
+                }
+            }
+            let unknown: Vec<&str> = asked
+                .into_iter()
+                .filter(|k| !found.iter().any(|(f, _, _)| f.eq_ignore_ascii_case(k)))
+                .collect();
+            if !unknown.is_empty() {
+                eprintln!("unknown to the station: {}", unknown.join(", "));
+            }
+            return Ok(0);
+        }
+        CsmsCommand::RemoteStart { evse, token } => {
+            csms.remote_start(station, *evse, token).await
+        }
+        CsmsCommand::RemoteStop { evse, transaction } => {
+            csms.remote_stop(station, transaction.unwrap_or(0), evse.unwrap_or(0))
+                .await
+        }
+        CsmsCommand::SetLimit {
+            evse,
+            value,
+            unit,
+            clear,
+        } => match (clear, value, unit) {
+            (true, _, _) => csms.clear_limit(station, *evse).await,
+            (false, Some(value), Some(unit)) => {
+                csms.set_limit(station, *evse, *value, unit).await
+            }
+            _ => bail!("set-limit needs VALUE and UNIT, or --clear"),
+        },
+        CsmsCommand::Reset { kind } => csms.reset(station, kind).await,
+        CsmsCommand::Trigger { message, evse } => {
+            csms.trigger(station, message, evse.unwrap_or(0)).await
+        }
+        CsmsCommand::SetConfig { key, value } => {
+            csms.change_configuration(station, key, value).await
+        }
+    }
+    .map_err(csms_error)?;
+    if json {
+        println!("{}", serde_json::json!({"status": status}));
+    } else {
+        println!("{status}");
+    }
+    Ok(0)
 }

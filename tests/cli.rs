@@ -55,6 +55,25 @@ fn bad_config_names_the_key() {
     );
 }
 
+#[test]
+fn sim_refuses_ocpp_2_0_1_for_now() {
+    let dir = tempfile::tempdir().unwrap();
+    fails_with(
+        evos().args([
+            "sim",
+            "--ocpp",
+            "2.0.1",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ]),
+        "OCPP 1.6 only",
+    );
+    assert!(
+        !dir.path().join("evos.toml").exists(),
+        "refused before anything starts"
+    );
+}
+
 /// Run `evos sim [EXTRA] --scenario NAME` in a fresh data dir; it must
 /// complete, end the session by unplugging, and clean up.
 fn scenario_completes(extra: &[&str], name: &str) {

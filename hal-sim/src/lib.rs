@@ -5,8 +5,11 @@
 //! TCP on a loopback address, and the DC power modules answer their
 //! vendor's CAN protocol on the simulator's CAN link, so `evse`, `meter`
 //! and `power` run the same code as on a charger. The world is moved over
-//! `org.evos.Sim1` (`evos ctl sim …`).
+//! `org.evos.Sim1` (`evos ctl sim …`). With `[sim.csms]` it also runs the
+//! built-in OCPP 1.6J Central System ([`csms`]), driven over
+//! `org.evos.Csms1` (`evos ctl csms …`).
 
+pub mod csms;
 pub mod ev;
 pub mod evse;
 pub mod meter;
@@ -37,6 +40,9 @@ pub struct Config {
     /// The EV profile `evos ctl sim plug` uses when none is named.
     #[serde(default)]
     pub default_ev: Option<String>,
+    /// Run the built-in CSMS (`[sim.csms]`).
+    #[serde(default)]
+    pub csms: Option<csms::Config>,
 }
 
 fn default_time_scale() -> f64 {
@@ -48,6 +54,7 @@ impl Default for Config {
         Config {
             time_scale: default_time_scale(),
             default_ev: None,
+            csms: None,
         }
     }
 }
@@ -70,6 +77,9 @@ impl Config {
                     profile_names().join(", ")
                 ),
             ));
+        }
+        if let Some(csms) = &self.csms {
+            csms.validate()?;
         }
         Ok(())
     }
@@ -131,6 +141,8 @@ pub enum SimError {
     },
     #[error("power.protocol: no module protocol `{0}`")]
     UnknownProtocol(String),
+    #[error(transparent)]
+    Csms(#[from] csms::CsmsError),
 }
 
 /// An EVSE the simulator serves: its id, where its MCU link listens, and
@@ -446,17 +458,36 @@ pub async fn run(
         ),
         None => (None, None),
     };
+    let csms = match &config.csms {
+        Some(c) => {
+            let server = csms::Server::bind(c.clone(), state_dir).await?;
+            let address = server
+                .local_addr()
+                .map_err(|source| csms::CsmsError::Listen {
+                    address: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, c.port)),
+                    source,
+                })?;
+            tracing::info!(%address, "built-in CSMS (OCPP 1.6J) listening");
+            let handle = server.csms();
+            tasks.spawn(server.run());
+            Some(handle)
+        }
+        None => None,
+    };
     let sim = Sim {
         evses,
         sites: sites.iter().map(|s| (s.id, s.clone())).collect(),
         default_ev: config.default_ev.clone(),
         power,
     };
-    let connection = evos_bus::connection_builder(bus_address)
-        .serve_at(evos_bus::sim::PATH, sim)
-        .name(evos_bus::sim::BUS_NAME)
-        .build()
-        .await?;
+    let mut builder = evos_bus::connection_builder(bus_address).serve_at(evos_bus::sim::PATH, sim);
+    if let Some(csms) = &csms {
+        builder = builder.serve_at(evos_bus::csms::PATH, csms::Csms1(csms.clone()));
+    }
+    let connection = builder.name(evos_bus::sim::BUS_NAME).build().await?;
+    if let Some(csms) = csms {
+        tasks.spawn(csms::publish_changes(connection.clone(), csms));
+    }
     if let (Some(assignment), Some(site)) = (assignment, &power_site) {
         let outputs = site.config.outputs.iter().map(|o| o.evse).collect();
         tasks.spawn(power::follow_assignment(
@@ -466,8 +497,13 @@ pub async fn run(
         ));
     }
     evos_service::notify::ready(&format!(
-        "simulating {} EVSE(s), {meter_count} meter(s), {module_count} power module(s)",
-        sites.len()
+        "simulating {} EVSE(s), {meter_count} meter(s), {module_count} power module(s){}",
+        sites.len(),
+        if config.csms.is_some() {
+            ", a CSMS"
+        } else {
+            ""
+        }
     ));
     tracing::info!(
         evses = sites.len(),

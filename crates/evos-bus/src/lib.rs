@@ -8,6 +8,7 @@
 //! Interfaces are versioned (`org.evos.Evse1`); a breaking change is a new
 //! interface (`Evse2`) served beside the old one.
 
+pub mod csms;
 pub mod error;
 pub mod evse;
 pub mod meter;
