@@ -124,11 +124,15 @@ pub async fn run(
     let password = config.read_password()?;
     let connectors = config.connectors.max(1);
     let (events_tx, events_rx) = mpsc::channel(256);
-    let (published_tx, mut published_rx) = watch::channel(Published::default());
+    let initial = Published {
+        connection_state: "Offline".into(),
+        ..Published::default()
+    };
+    let (published_tx, mut published_rx) = watch::channel(initial.clone());
 
     let object = OcppObject {
         events: events_tx.clone(),
-        published: Published::default(),
+        published: initial,
         endpoint: format!(
             "{}/{}",
             config.csms_url.trim_end_matches('/'),
