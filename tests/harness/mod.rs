@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod csms;
 pub mod python;
 
 use std::path::{Path, PathBuf};
@@ -27,13 +28,15 @@ pub struct Stack {
     /// DC stacks only.
     pub power: Option<Child>,
     pub evse: Child,
+    /// Stacks made by [`Stack::start_ocpp`] only.
+    pub ocpp: Option<Child>,
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        if let Some(power) = &mut self.power {
-            let _ = power.kill();
-            let _ = power.wait();
+        for child in [&mut self.power, &mut self.ocpp].into_iter().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         for child in [
             &mut self.evse,
@@ -237,6 +240,7 @@ impl Stack {
             meter,
             power,
             evse,
+            ocpp: None,
         };
         wait_cp(&stack.evse().await, "A").await;
         stack
@@ -290,6 +294,128 @@ impl Stack {
 
     pub async fn sim_evse(&self) -> evos_bus::sim::SimEvse {
         self.sim().await.evses().await.unwrap().remove(0)
+    }
+}
+
+/// The `[ocpp]` section of a stack made by [`Stack::start_ocpp`].
+#[derive(Debug, Clone)]
+pub struct OcppOptions {
+    pub csms_url: String,
+    pub station_id: String,
+    pub security_profile: u8,
+    pub password: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// `[ocpp.keys]`: configuration key defaults.
+    pub keys: Vec<(String, String)>,
+}
+
+impl OcppOptions {
+    /// Security profile 0 to `csms_url`, fast reconnects and retries.
+    pub fn new(csms_url: &str) -> OcppOptions {
+        OcppOptions {
+            csms_url: csms_url.into(),
+            station_id: csms::STATION_ID.into(),
+            security_profile: 0,
+            password: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            keys: vec![("TransactionMessageRetryInterval".into(), "1".into())],
+        }
+    }
+
+    /// Set (or replace) a configuration key default.
+    pub fn key(mut self, name: &str, value: &str) -> OcppOptions {
+        self.keys.retain(|(k, _)| k != name);
+        self.keys.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// [`config`] with evse asking ocpp for every authorization, and an
+/// `[ocpp]` section. Reset runs no command: the service exits (75) and the
+/// test starts it again, as systemd would.
+pub fn ocpp_config(dir: &Path, opts: &OcppOptions) -> PathBuf {
+    let path = config(dir);
+    let mut text = std::fs::read_to_string(&path).unwrap().replace(
+        &format!("[evse]\nallow_list = [\"{TOKEN}\"]\n"),
+        "[evse]\nauth = \"ocpp\"\n",
+    );
+    assert!(text.contains("auth = \"ocpp\""), "evse section rewritten");
+    text += &format!(
+        "\n[ocpp]\ncsms_url = {:?}\nstation_id = {:?}\nsecurity_profile = {}\n\
+         response_timeout_s = 5\nreconnect_min_s = 1\nreconnect_max_s = 2\n",
+        opts.csms_url, opts.station_id, opts.security_profile
+    );
+    if let Some(p) = &opts.password {
+        text += &format!("password = {p:?}\n");
+    }
+    for (key, file) in [
+        ("ca_file", &opts.ca_file),
+        ("client_cert", &opts.client_cert),
+        ("client_key", &opts.client_key),
+    ] {
+        if let Some(file) = file {
+            text += &format!("{key} = {:?}\n", file.display().to_string());
+        }
+    }
+    text += "\n[ocpp.keys]\n";
+    for (k, v) in &opts.keys {
+        text += &format!("{k} = {v:?}\n");
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl Stack {
+    /// An AC station whose evse authorizes through ocpp, with `evos run
+    /// ocpp` connecting as `opts` says.
+    pub async fn start_ocpp(opts: &OcppOptions) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        ocpp_config(dir.path(), opts);
+        let mut stack = Self::start_in(dir, false).await;
+        stack.ocpp = Some(Self::spawn_service_in("ocpp", stack.dir.path(), &stack.bus));
+        stack
+    }
+
+    /// SIGKILL the ocpp service (a crash or power cut of that process).
+    pub fn kill_ocpp(&mut self) {
+        if let Some(ocpp) = &mut self.ocpp {
+            let _ = ocpp.kill();
+            let _ = ocpp.wait();
+        }
+    }
+
+    /// Start ocpp again (killing it first if it still runs).
+    pub fn restart_ocpp(&mut self) {
+        self.kill_ocpp();
+        self.ocpp = Some(Self::spawn_service_in("ocpp", self.dir.path(), &self.bus));
+    }
+
+    /// Wait until the ocpp service exits by itself (a Reset), at most
+    /// `within`; its exit status.
+    pub fn wait_ocpp_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let ocpp = self.ocpp.as_mut().expect("an ocpp stack");
+        let until = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = ocpp.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "ocpp did not exit within {within:?}"
+            );
+            // Polls the exit; nothing else to wait on for a child's end.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn ocpp(&self) -> evos_bus::ocpp::Ocpp1Proxy<'static> {
+        evos_bus::ocpp::Ocpp1Proxy::new(&self.connection)
+            .await
+            .unwrap()
     }
 }
 
