@@ -18,6 +18,9 @@ pub fn system_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Differences between the CSMS's clock and ours below this are jitter.
+pub const JITTER_MS: i64 = 1000;
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Clock {
     /// CSMS time minus system time, once the CSMS has told the time.
@@ -25,13 +28,40 @@ pub struct Clock {
 }
 
 impl Clock {
+    /// A clock that starts from the offset an earlier run settled on (see
+    /// [`set`](Self::set)).
+    pub fn with_offset(offset_ms: Option<i64>) -> Clock {
+        Clock { offset_ms }
+    }
+
+    pub fn offset_ms(&self) -> Option<i64> {
+        self.offset_ms
+    }
+
     /// The CSMS says it is `csms_ms` now (system time `system_now_ms`).
-    pub fn set(&mut self, csms_ms: i64, system_now_ms: i64) {
+    /// Returns whether the offset changed.
+    ///
+    /// Each answer carries a few milliseconds of network and processing
+    /// jitter; an offset within [`JITTER_MS`] of the one in use is kept, so a
+    /// message re-sent after a restart carries the very same timestamps
+    /// (ARCHITECTURE.md "Delivery": a CSMS must be able to recognise it).
+    pub fn set(&mut self, csms_ms: i64, system_now_ms: i64) -> bool {
         let offset = csms_ms - system_now_ms;
-        if self.offset_ms.is_none_or(|old| (old - offset).abs() > 1000) {
-            tracing::info!(offset_ms = offset, "clock set from the CSMS");
+        if self
+            .offset_ms
+            .is_some_and(|old| (old - offset).abs() <= JITTER_MS)
+        {
+            return false;
         }
+        tracing::info!(offset_ms = offset, "clock set from the CSMS");
         self.offset_ms = Some(offset);
+        true
+    }
+
+    /// The system-clock stamp of a station time (the inverse of
+    /// [`station_ms`](Self::station_ms)).
+    pub fn system_ms_of(&self, station_ms: i64) -> i64 {
+        station_ms - self.offset_ms.unwrap_or(0)
     }
 
     pub fn is_set(&self) -> bool {
@@ -71,5 +101,17 @@ mod tests {
         clock.set(1_795_514_400_000, 10_000);
         // An event stamped 5 s after boot happened 5 s before that.
         assert_eq!(clock.station_ms(5_000), Some(1_795_514_395_000));
+        assert_eq!(clock.system_ms_of(1_795_514_395_000), 5_000);
+    }
+
+    #[test]
+    fn jitter_keeps_the_offset_so_resends_are_identical() {
+        let mut clock = Clock::with_offset(Some(-2));
+        // A later answer 3 ms off (network delay): the offset stays.
+        assert!(!clock.set(PLAUSIBLE_MS + 1, PLAUSIBLE_MS));
+        assert_eq!(clock.offset_ms(), Some(-2));
+        // A real correction is taken.
+        assert!(clock.set(PLAUSIBLE_MS + 60_000, PLAUSIBLE_MS));
+        assert_eq!(clock.offset_ms(), Some(60_000));
     }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use evos_bus::evse::Evse1Proxy;
-use evos_bus::meter::Meter1Proxy;
+use evos_bus::meter::{Meter1Proxy, MeterReading};
 use evos_bus::ocpp as contract;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -290,6 +290,11 @@ async fn watch_meter(id: u32, proxy: Meter1Proxy<'static>, events: mpsc::Sender<
         tracing::error!(evse = id, "cannot subscribe to Meter1 readings");
         return;
     };
+    // The latest reading now, so a TriggerMessage right after the start
+    // has values before the first Reading signal.
+    if let Some(reading) = current_reading(&proxy).await {
+        let _ = events.send(Event::Reading { evse: id, reading }).await;
+    }
     while let Some(signal) = readings.next().await {
         if let Ok(args) = signal.args()
             && events
@@ -303,4 +308,19 @@ async fn watch_meter(id: u32, proxy: Meter1Proxy<'static>, events: mpsc::Sender<
             return;
         }
     }
+}
+
+/// Meter1's properties as one reading (None before its first good one).
+async fn current_reading(proxy: &Meter1Proxy<'static>) -> Option<MeterReading> {
+    let timestamp_ms = proxy.timestamp_ms().await.ok().filter(|t| *t > 0)?;
+    Some(MeterReading {
+        timestamp_ms,
+        energy_import_wh: proxy.energy_import_wh().await.ok()?,
+        energy_export_wh: proxy.energy_export_wh().await.unwrap_or(f64::NAN),
+        power_w: proxy.power_w().await.unwrap_or(f64::NAN),
+        power_phase_w: Vec::new(),
+        voltage_v: proxy.voltage_v().await.unwrap_or_default(),
+        current_a: proxy.current_a().await.unwrap_or_default(),
+        frequency_hz: proxy.frequency_hz().await.unwrap_or(f64::NAN),
+    })
 }

@@ -123,7 +123,8 @@ keys! {
     StopTxnSampledData,
     /// RO, default 10.
     StopTxnSampledDataMaxLength,
-    /// fixed: `Core,FirmwareManagement,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger`.
+    /// fixed: `Core,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger`
+    /// (FirmwareManagement joins once the updater answers its messages).
     SupportedFeatureProfiles,
     /// fixed: 6.
     SupportedFeatureProfilesMaxLength,
@@ -191,9 +192,11 @@ impl Key {
                     .collect::<Vec<_>>()
                     .join(","),
             ),
-            Key::ConnectorPhaseRotationMaxLength => {
-                (Fixed, int(0, i64::MAX), (u64::from(connectors) + 1).to_string())
-            }
+            Key::ConnectorPhaseRotationMaxLength => (
+                Fixed,
+                int(0, i64::MAX),
+                (u64::from(connectors) + 1).to_string(),
+            ),
             Key::GetConfigurationMaxKeys => (ReadOnly, int(1, 1000), "100".into()),
             Key::HeartbeatInterval => (ReadWrite, seconds(0), "300".into()),
             Key::LocalAuthorizeOffline => (ReadWrite, Bool, "true".into()),
@@ -231,8 +234,7 @@ impl Key {
             Key::SupportedFeatureProfiles => (
                 Fixed,
                 FixedList,
-                "Core,FirmwareManagement,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger"
-                    .into(),
+                "Core,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger".into(),
             ),
             Key::SupportedFeatureProfilesMaxLength => (Fixed, int(0, i64::MAX), "6".into()),
             Key::TransactionMessageAttempts => (ReadWrite, int(1, 100), "3".into()),
@@ -1032,7 +1034,7 @@ mod tests {
         assert!(kv("NumberOfConnectors").readonly);
         assert_eq!(
             kv("SupportedFeatureProfiles").value.unwrap(),
-            "Core,FirmwareManagement,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger"
+            "Core,LocalAuthListManagement,Reservation,SmartCharging,RemoteTrigger"
         );
         assert_eq!(
             kv("ChargingScheduleAllowedChargingRateUnit").value.unwrap(),

@@ -79,11 +79,10 @@ impl Station {
 
     fn dispatch(&mut self, id: &str, action: &str, payload: Value) -> Option<Answer> {
         if self.registration == Registration::Rejected {
-            // §4.2.1: while rejected the CSMS has nothing to ask us.
-            return Some(Err((
-                ErrorCode::SecurityError,
-                "the station is not accepted by the CSMS".into(),
-            )));
+            // §4.2.1: while rejected the station SHALL NOT respond to
+            // CSMS-initiated messages.
+            tracing::warn!(id, action, "CALL while the CSMS rejects us: not answered");
+            return None;
         }
         macro_rules! run {
             ($handler:ident) => {
@@ -222,17 +221,8 @@ impl Station {
             Some(Key::MeterValueSampleInterval) => self.resample_all(),
             Some(Key::ClockAlignedDataInterval) => self.schedule_aligned(),
             Some(Key::ConnectionTimeOut) => {
-                let seconds = self
-                    .keys
-                    .int(Key::ConnectionTimeOut)
-                    .clamp(1, u32::MAX as i64) as u32;
-                for p in self.bus.evse.values() {
-                    let p = p.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = p.set_connection_timeout(seconds).await {
-                            tracing::warn!("cannot apply ConnectionTimeOut: {e}");
-                        }
-                    });
+                for evse in self.connectors.keys().copied().collect::<Vec<_>>() {
+                    self.push_connection_timeout(evse);
                 }
             }
             _ => {}
@@ -313,11 +303,11 @@ impl Station {
                 None => return Some(rejected()),
             },
         };
-        if self
-            .connectors
-            .get(&evse)
-            .is_some_and(|c| c.session.is_some())
-        {
+        // §5.11: a connector that is busy, Unavailable (Inoperative) or
+        // Faulted cannot start a transaction.
+        if self.connectors.get(&evse).is_none_or(|c| {
+            c.session.is_some() || matches!(c.status.as_str(), "Unavailable" | "Faulted")
+        }) {
             return Some(rejected());
         }
         // §5.11: only a TxProfile may come with a remote start.

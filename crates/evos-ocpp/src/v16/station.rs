@@ -211,6 +211,7 @@ pub struct Station {
     pub(super) cache: AuthCache,
     pub(super) profiles: ProfileStore,
     pub(super) clock: Clock,
+    clock_path: PathBuf,
     pub(super) bus: Bus,
     pub(super) events: mpsc::Sender<Event>,
     published: watch::Sender<Published>,
@@ -228,6 +229,8 @@ pub struct Station {
     next_boot: Option<Instant>,
     next_heartbeat: Option<Instant>,
     next_aligned: Option<Instant>,
+    /// The boundary (station time) the next clock-aligned sample belongs to.
+    aligned_at_ms: i64,
     next_limit: Option<Instant>,
     pub(super) resetting: Option<bool>,
     reset_due: Option<(bool, Vec<String>, Instant)>,
@@ -295,6 +298,7 @@ impl Station {
             Some(stored_key)
         };
         let transport = cfg.transport(password);
+        let clock_path = dir.join("clock-offset");
         let backoff = Backoff::new(
             Duration::from_secs(cfg.reconnect_min_s),
             Duration::from_secs(cfg.reconnect_max_s),
@@ -310,7 +314,12 @@ impl Station {
             list,
             cache,
             profiles,
-            clock: Clock::default(),
+            clock: Clock::with_offset(
+                std::fs::read_to_string(&clock_path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok()),
+            ),
+            clock_path,
             bus,
             events,
             published,
@@ -328,6 +337,7 @@ impl Station {
             next_boot: None,
             next_heartbeat: None,
             next_aligned: None,
+            aligned_at_ms: 0,
             next_limit: Some(Instant::now()),
             resetting: None,
             reset_due: None,
@@ -871,8 +881,7 @@ impl Station {
             },
             Pending::Heartbeat => {
                 if let Ok(conf) = serde_json::from_value::<m::HeartbeatResponse>(payload) {
-                    self.clock
-                        .set(conf.current_time.unix_ms(), clock::system_ms());
+                    self.set_clock(conf.current_time.unix_ms());
                 }
             }
             Pending::Status(_) | Pending::MeterValues(_) => {}
@@ -933,8 +942,7 @@ impl Station {
     }
 
     fn boot_answered(&mut self, conf: m::BootNotificationResponse) {
-        self.clock
-            .set(conf.current_time.unix_ms(), clock::system_ms());
+        self.set_clock(conf.current_time.unix_ms());
         let interval = conf.interval.max(0) as u64;
         match conf.status {
             m::RegistrationStatus::Accepted => {
@@ -971,6 +979,18 @@ impl Station {
         }
     }
 
+    /// Take the CSMS's time, and keep the offset for the next run so a
+    /// re-sent message is stamped exactly as the first time.
+    fn set_clock(&mut self, csms_ms: i64) {
+        if self.clock.set(csms_ms, clock::system_ms())
+            && let Some(offset) = self.clock.offset_ms()
+            && let Err(e) =
+                evos_service::persist::write_atomic(&self.clock_path, offset.to_string().as_bytes())
+        {
+            tracing::warn!("cannot save the clock offset: {e}");
+        }
+    }
+
     pub(super) fn schedule_heartbeat(&mut self) {
         let s = self.keys.int(Key::HeartbeatInterval);
         self.next_heartbeat = (s > 0).then(|| Instant::now() + Duration::from_secs(s as u64));
@@ -987,6 +1007,7 @@ impl Station {
         let interval_ms = interval_s * 1000;
         let now = self.clock.now_ms();
         let next = (now / interval_ms + 1) * interval_ms;
+        self.aligned_at_ms = next;
         self.next_aligned = Some(Instant::now() + Duration::from_millis((next - now) as u64));
     }
 
@@ -1129,6 +1150,7 @@ impl Station {
                 self.status_changed(evse, false);
                 self.update_sampling(evse);
                 self.repush_limit(evse);
+                self.push_connection_timeout(evse);
                 self.next_limit = Some(Instant::now());
             }
         }
@@ -1273,10 +1295,16 @@ impl Station {
         }
         // StopTxnSampledData and the stop sample (§9.1.x): what the ledger
         // collected during the transaction, with the final reading.
+        // The final sample is the meter's stop reading (the register the
+        // StopTransaction reports), with the other quantities as last read.
         let reading = self
             .connectors
             .get(&record.evse)
-            .and_then(|c| c.reading.clone());
+            .and_then(|c| c.reading.clone())
+            .map(|mut r| {
+                r.energy_import_wh = record.stop_meter_wh;
+                r
+            });
         if let Some(reading) = &reading {
             let stop_measurands = self.keys.list(Key::StopTxnSampledData);
             if let Some(mv) = outgoing::meter_value(
@@ -1496,7 +1524,9 @@ impl Station {
     fn aligned_sample(&mut self) {
         let measurands = self.keys.list(Key::MeterValuesAlignedData);
         let stop_measurands = self.keys.list(Key::StopTxnAlignedData);
-        let stamp = clock::system_ms();
+        // §9.1 ClockAlignedDataInterval: a sample is identified by the
+        // boundary it was taken at, not by when the timer fired.
+        let stamp = self.clock.system_ms_of(self.aligned_at_ms);
         let ids: Vec<u32> = self.connectors.keys().copied().collect();
         for evse in ids {
             let Some(c) = self.connectors.get(&evse) else {
@@ -1602,6 +1632,23 @@ impl Station {
             next.map(|t| Instant::now() + Duration::from_millis((t - now).max(0) as u64));
     }
 
+    /// ConnectionTimeOut lives in our keys; evse learns it whenever it
+    /// (re)appears and whenever the key changes.
+    pub(super) fn push_connection_timeout(&self, evse: u32) {
+        let seconds = self
+            .keys
+            .int(Key::ConnectionTimeOut)
+            .clamp(1, u32::MAX as i64) as u32;
+        let Some(proxy) = self.bus.evse.get(&evse).cloned() else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = proxy.set_connection_timeout(seconds).await {
+                tracing::warn!(evse, "cannot apply ConnectionTimeOut: {e}");
+            }
+        });
+    }
+
     /// evse (re)appeared: it may have lost the limit, so push it again.
     fn repush_limit(&self, evse: u32) {
         if let Some(tx) = self.limit_tx.get(&evse) {
@@ -1631,7 +1678,11 @@ impl Station {
         let Some((hard, _, deadline)) = &self.reset_due else {
             return;
         };
-        let settled = self.ending == 0 && self.connectors.values().all(|c| c.session.is_none());
+        // Sessions over, their StopTransactions persisted, and — while the
+        // CSMS is reachable — delivered, so the next run re-sends nothing.
+        let settled = self.ending == 0
+            && self.connectors.values().all(|c| c.session.is_none())
+            && (!self.connected || (self.queue.is_empty() && self.outstanding.is_none()));
         if !settled && Instant::now() < *deadline {
             return;
         }
