@@ -191,15 +191,6 @@ impl Ledger {
         })
     }
 
-    /// The open transaction running on `evse`, by session id.
-    pub fn open_on(&self, evse: u32) -> impl Iterator<Item = &str> {
-        self.state
-            .open
-            .iter()
-            .filter(move |(_, t)| t.evse == evse && !t.ended)
-            .map(|(id, _)| id.as_str())
-    }
-
     fn save(&self) -> Result<(), LedgerError> {
         let bytes = serde_json::to_vec(&self.state).map_err(|e| LedgerError::Corrupt {
             path: self.path.clone(),

@@ -246,11 +246,6 @@ pub struct Station {
     limit_tx: BTreeMap<u32, watch::Sender<Option<(f64, RateUnit)>>>,
 }
 
-/// Files under the service's state dir.
-pub struct StateFiles {
-    pub dir: PathBuf,
-}
-
 impl Station {
     pub fn open(
         cfg: Config,
@@ -259,21 +254,16 @@ impl Station {
         bus: Bus,
         events: mpsc::Sender<Event>,
         published: watch::Sender<Published>,
-    ) -> anyhow_like::Result<Station> {
+    ) -> Result<Station, OpenError> {
         let connectors = cfg.connectors.max(1);
-        let keys = ConfigStore::open(&dir.join("config-keys.json"), &cfg.keys, connectors)
-            .map_err(|e| anyhow_like::Error(e.to_string()))?;
-        let queue =
-            Queue::open(&dir.join("queue")).map_err(|e| anyhow_like::Error(e.to_string()))?;
-        let ledger = Ledger::open(&dir.join("ledger.json"))
-            .map_err(|e| anyhow_like::Error(e.to_string()))?;
+        let keys = ConfigStore::open(&dir.join("config-keys.json"), &cfg.keys, connectors)?;
+        let queue = Queue::open(&dir.join("queue"))?;
+        let ledger = Ledger::open(&dir.join("ledger.json"))?;
         let list = LocalList::open(
             &dir.join("local-list.json"),
             keys.int(Key::LocalAuthListMaxLength).max(0) as usize,
-        )
-        .map_err(|e| anyhow_like::Error(e.to_string()))?;
-        let cache = AuthCache::open(&dir.join("auth-cache.json"), 1000)
-            .map_err(|e| anyhow_like::Error(e.to_string()))?;
+        )?;
+        let cache = AuthCache::open(&dir.join("auth-cache.json"), 1000)?;
         let profiles = ProfileStore::open(
             &dir.join("charging-profiles.json"),
             connectors,
@@ -287,8 +277,7 @@ impl Station {
                 phases: cfg.phases,
                 max_current_a: cfg.max_current_a,
             },
-        )
-        .map_err(|e| anyhow_like::Error(e.to_string()))?;
+        )?;
         // A key the CSMS set (Security Whitepaper §2: AuthorizationKey)
         // replaces the configured password.
         let stored_key = keys.string(Key::AuthorizationKey);
@@ -1782,10 +1771,17 @@ async fn recv(link: &mut Option<Link>) -> Result<String, crate::transport::Trans
     }
 }
 
-/// A plain string error for `Station::open` (the binary adds context).
-pub mod anyhow_like {
-    #[derive(Debug, thiserror::Error)]
-    #[error("{0}")]
-    pub struct Error(pub String);
-    pub type Result<T> = std::result::Result<T, Error>;
+/// Why the station's persisted state cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("configuration keys: {0}")]
+    Keys(#[from] crate::v16::config_keys::ConfigKeyError),
+    #[error("transaction queue: {0}")]
+    Queue(#[from] crate::queue::QueueError),
+    #[error("transaction ledger: {0}")]
+    Ledger(#[from] crate::v16::ledger::LedgerError),
+    #[error("local authorization: {0}")]
+    LocalAuth(#[from] crate::v16::local_auth::LocalAuthError),
+    #[error("charging profiles: {0}")]
+    Profiles(#[from] crate::v16::smart_charging::SmartChargingError),
 }
