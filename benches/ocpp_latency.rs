@@ -596,8 +596,10 @@ fn memory(pid: u32) -> String {
 }
 
 /// utime and stime (clock ticks, stat(5) fields 14 and 15) and the run
-/// time of every thread (ns, schedstat), which resolves far below a tick.
-fn cpu(pid: u32) -> (u64, u64, u64) {
+/// time of each thread (ns, schedstat, by thread id), which resolves far
+/// below a tick. Threads come and go (tokio's blocking pool), so run times
+/// are compared per thread.
+fn cpu(pid: u32) -> (u64, u64, std::collections::HashMap<String, u64>) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -607,13 +609,14 @@ fn cpu(pid: u32) -> (u64, u64, u64) {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let mut ns = 0;
+    let mut ns = std::collections::HashMap::new();
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
-            ns += std::fs::read_to_string(task.path().join("schedstat"))
+            let run = std::fs::read_to_string(task.path().join("schedstat"))
                 .ok()
                 .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
                 .unwrap_or(0);
+            ns.insert(task.file_name().to_string_lossy().into_owned(), run);
         }
     }
     (field(11), field(12), ns)
@@ -626,14 +629,20 @@ async fn cpu_over(pid: u32, window: Duration) -> String {
     tokio::time::sleep(window).await;
     let (elapsed, (user1, system1, ns1)) = (t0.elapsed().as_secs_f64(), cpu(pid));
     let ticks = (user1 - user0) + (system1 - system0);
+    // Threads that ended in the window are missed (their time is in the
+    // ticks); new ones count from zero.
+    let ran: u64 = ns1
+        .iter()
+        .map(|(tid, after)| after.saturating_sub(ns0.get(tid).copied().unwrap_or(0)))
+        .sum();
     format!(
         "CPU {ticks} ticks ({} user, {} system; {:.3} % of one core) over {elapsed:.0} s; \
          run time {:.1} ms ({:.4} %)",
         user1 - user0,
         system1 - system0,
         ticks as f64 / hz / elapsed * 100.0,
-        (ns1 - ns0) as f64 / 1e6,
-        (ns1 - ns0) as f64 / 1e9 / elapsed * 100.0
+        ran as f64 / 1e6,
+        ran as f64 / 1e9 / elapsed * 100.0
     )
 }
 
