@@ -41,6 +41,8 @@
 #[path = "../tests/harness/mod.rs"]
 #[allow(unused_imports)]
 mod harness;
+#[path = "support/infy_modules.rs"]
+mod infy_modules;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,11 +53,10 @@ use std::time::{Duration, Instant};
 
 use evos_bus::evse::Evse1Proxy;
 use evos_bus::sim::Sim1Proxy;
-use evos_hal::can::{CanBus, SimCanHub};
+use evos_hal::can::SimCanHub;
 use evos_ocpp::rpc::{self, Call, CallError, CallResult, ErrorCode, Frame};
 use evos_ocpp::v16::messages as m;
 use evos_ocpp::wire::{CiString, DateTime};
-use evos_power::protocol::{self, Command, ModuleStatus, Reply, Target};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -463,50 +464,6 @@ fn dc_configs(dir: &Path, csms: &str) -> (PathBuf, PathBuf) {
     (services, sim)
 }
 
-/// The InfyPower modules on the CAN hub: answer reads; report each
-/// SetOutput current for module 1 with its arrival time.
-async fn modules(mut hub: SimCanHub, seen: mpsc::UnboundedSender<(f64, Instant)>) {
-    let infy = protocol::by_name("infypower").unwrap();
-    loop {
-        let Ok(frame) = hub.recv().await else { return };
-        let at = Instant::now();
-        let Some(Ok((target, command))) = infy.decode_command(&frame) else {
-            continue;
-        };
-        let Target::Module(address) = target else {
-            continue;
-        };
-        let reply = match command {
-            Command::SetOutput { current_a, .. } => {
-                if address == 1
-                    && let Some(current_a) = current_a
-                {
-                    let _ = seen.send((current_a, at));
-                }
-                continue;
-            }
-            Command::ReadOutput => Reply::Output {
-                voltage_v: Some(400.0),
-                current_a: Some(0.0),
-            },
-            Command::ReadStatus => Reply::Status(ModuleStatus {
-                on: true,
-                ..ModuleStatus::default()
-            }),
-            Command::ReadCapabilities => Reply::Capabilities {
-                min_voltage_v: 150.0,
-                max_voltage_v: 1000.0,
-                max_current_a: 100.0,
-                max_power_w: 40_000.0,
-            },
-            Command::SetOn(_) => continue,
-        };
-        for frame in infy.encode_reply(address, &reply) {
-            let _ = hub.send(&frame).await;
-        }
-    }
-}
-
 /// Plug an EV of `profile`, present the token (authorized by the CSMS
 /// through ocpp), and wait until it charges and its StartTransaction is in.
 async fn start_session(connection: &zbus::Connection, csms: &mut Csms, profile: &str) {
@@ -784,7 +741,7 @@ async fn dc_station() {
     let (config, sim_config) = dc_configs(dir.path(), &csms.url());
     let hub = SimCanHub::bind(dir.path().join("can.sock")).await.unwrap();
     let (frames_tx, mut frames) = mpsc::unbounded_channel();
-    tokio::spawn(modules(hub, frames_tx));
+    tokio::spawn(infy_modules::modules(hub, frames_tx));
     let (broker, bus) = harness::start_broker(dir.path());
     let mut procs = Procs(vec![broker]);
     let sim_args = ["run", "hal-sim", "--config", sim_config.to_str().unwrap()];

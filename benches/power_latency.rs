@@ -17,11 +17,12 @@
 #[path = "../tests/harness/mod.rs"]
 #[allow(unused_imports)]
 mod harness;
+#[path = "support/infy_modules.rs"]
+mod infy_modules;
 
 use std::time::{Duration, Instant};
 
-use evos_hal::can::{CanBus, SimCanHub};
-use evos_power::protocol::{self, Command, ModuleStatus, Reply, Target};
+use evos_hal::can::SimCanHub;
 use tokio::sync::mpsc;
 
 const MODULES: u8 = 8;
@@ -47,50 +48,6 @@ fn config(dir: &std::path::Path) -> std::path::PathBuf {
     text += "\n[[power.output]]\nevse = 1\n";
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// The modules: answer reads as InfyPower modules do; report each
-/// SetOutput for module 1 with its arrival time.
-async fn modules(mut hub: SimCanHub, seen: mpsc::UnboundedSender<(f64, Instant)>) {
-    let infy = protocol::by_name("infypower").unwrap();
-    loop {
-        let Ok(frame) = hub.recv().await else { return };
-        let at = Instant::now();
-        let Some(Ok((target, command))) = infy.decode_command(&frame) else {
-            continue;
-        };
-        let Target::Module(address) = target else {
-            continue;
-        };
-        let reply = match command {
-            Command::SetOutput { current_a, .. } => {
-                if address == 1
-                    && let Some(current_a) = current_a
-                {
-                    let _ = seen.send((current_a, at));
-                }
-                continue;
-            }
-            Command::ReadOutput => Reply::Output {
-                voltage_v: Some(400.0),
-                current_a: Some(0.0),
-            },
-            Command::ReadStatus => Reply::Status(ModuleStatus {
-                on: true,
-                ..ModuleStatus::default()
-            }),
-            Command::ReadCapabilities => Reply::Capabilities {
-                min_voltage_v: 150.0,
-                max_voltage_v: 1000.0,
-                max_current_a: 100.0,
-                max_power_w: 40_000.0,
-            },
-            Command::SetOn(_) => continue,
-        };
-        for frame in infy.encode_reply(address, &reply) {
-            let _ = hub.send(&frame).await;
-        }
-    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -131,7 +88,7 @@ async fn main() {
     let config = config(dir.path());
     let hub = SimCanHub::bind(dir.path().join("can.sock")).await.unwrap();
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    tokio::spawn(modules(hub, seen_tx));
+    tokio::spawn(infy_modules::modules(hub, seen_tx));
     let (mut broker, bus) = harness::start_broker(dir.path());
     let args = ["run", "power", "--config", config.to_str().unwrap()];
     let (mut power, _) = harness::spawn_ready(&args, dir.path(), "power", &bus);

@@ -369,34 +369,11 @@ impl Val {
     }
 }
 
-const MEASURANDS: [&str; 22] = [
-    "Energy.Active.Export.Register",
-    "Energy.Active.Import.Register",
-    "Energy.Reactive.Export.Register",
-    "Energy.Reactive.Import.Register",
-    "Energy.Active.Export.Interval",
-    "Energy.Active.Import.Interval",
-    "Energy.Reactive.Export.Interval",
-    "Energy.Reactive.Import.Interval",
-    "Power.Active.Export",
-    "Power.Active.Import",
-    "Power.Offered",
-    "Power.Reactive.Export",
-    "Power.Reactive.Import",
-    "Power.Factor",
-    "Current.Import",
-    "Current.Export",
-    "Current.Offered",
-    "Voltage",
-    "Frequency",
-    "Temperature",
-    "SoC",
-    "RPM",
-];
+/// §7.31 Measurand, as the generated wire type spells them.
+const MEASURANDS: &[&str] = crate::v16::messages::Measurand::VALUES;
 
-const PHASES: [&str; 10] = [
-    "L1", "L2", "L3", "N", "L1-N", "L2-N", "L3-N", "L1-L2", "L2-L3", "L3-L1",
-];
+/// §7.28 Phase.
+const PHASES: &[&str] = crate::v16::messages::Phase::VALUES;
 
 const ROTATIONS: [&str; 8] = [
     "NotApplicable",
@@ -416,14 +393,14 @@ fn canonical(set: &[&'static str], word: &str) -> Option<&'static str> {
 
 /// A measurand, optionally with a phase (`Voltage.L1`), in canonical case.
 fn measurand(item: &str) -> Option<String> {
-    if let Some(m) = canonical(&MEASURANDS, item) {
+    if let Some(m) = canonical(MEASURANDS, item) {
         return Some(m.to_owned());
     }
     let (m, phase) = item.rsplit_once('.')?;
     Some(format!(
         "{}.{}",
-        canonical(&MEASURANDS, m)?,
-        canonical(&PHASES, phase)?
+        canonical(MEASURANDS, m)?,
+        canonical(PHASES, phase)?
     ))
 }
 
