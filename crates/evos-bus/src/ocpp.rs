@@ -3,11 +3,48 @@
 //! `evse` calls `Authorize` for every token presented (it never waits on
 //! ocpp for anything else); everyone else reads the connection state.
 
+use serde::{Deserialize, Serialize};
 use zbus::proxy;
 
 pub const BUS_NAME: &str = "org.evos.Ocpp";
 pub const INTERFACE: &str = "org.evos.Ocpp1";
 pub const PATH: &str = "/org/evos/Ocpp1";
+
+/// OCPP 1.6 AuthorizationStatus (§7.2): the first value `Authorize` returns,
+/// spelled as on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthorizationStatus {
+    Accepted,
+    Blocked,
+    Expired,
+    Invalid,
+    ConcurrentTx,
+}
+
+impl AuthorizationStatus {
+    pub const ALL: [AuthorizationStatus; 5] = [
+        AuthorizationStatus::Accepted,
+        AuthorizationStatus::Blocked,
+        AuthorizationStatus::Expired,
+        AuthorizationStatus::Invalid,
+        AuthorizationStatus::ConcurrentTx,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthorizationStatus::Accepted => "Accepted",
+            AuthorizationStatus::Blocked => "Blocked",
+            AuthorizationStatus::Expired => "Expired",
+            AuthorizationStatus::Invalid => "Invalid",
+            AuthorizationStatus::ConcurrentTx => "ConcurrentTx",
+        }
+    }
+
+    /// The OCPP spelling, exactly.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
 
 #[proxy(
     interface = "org.evos.Ocpp1",

@@ -18,40 +18,8 @@ use crate::config::{AuthMode, Config};
 /// its cache or offline policy well within this when the CSMS is slow.
 pub const OCPP_AUTHORIZE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// OCPP 1.6 AuthorizationStatus (§7.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthStatus {
-    Accepted,
-    Blocked,
-    Expired,
-    Invalid,
-    ConcurrentTx,
-}
-
-impl AuthStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthStatus::Accepted => "Accepted",
-            AuthStatus::Blocked => "Blocked",
-            AuthStatus::Expired => "Expired",
-            AuthStatus::Invalid => "Invalid",
-            AuthStatus::ConcurrentTx => "ConcurrentTx",
-        }
-    }
-
-    /// The OCPP spelling, exactly.
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            AuthStatus::Accepted,
-            AuthStatus::Blocked,
-            AuthStatus::Expired,
-            AuthStatus::Invalid,
-            AuthStatus::ConcurrentTx,
-        ]
-        .into_iter()
-        .find(|a| a.as_str() == s)
-    }
-}
+/// OCPP 1.6 AuthorizationStatus (§7.2), as the bus contract defines it.
+pub use evos_bus::ocpp::AuthorizationStatus as AuthStatus;
 
 /// The authorizer's answer for a token.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,28 +30,8 @@ pub enum LocalAuthError {
     },
 }
 
-/// AuthorizationStatus (§7.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AuthStatus {
-    Accepted,
-    Blocked,
-    Expired,
-    Invalid,
-    ConcurrentTx,
-}
-
-impl AuthStatus {
-    /// The OCPP AuthorizationStatus string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthStatus::Accepted => "Accepted",
-            AuthStatus::Blocked => "Blocked",
-            AuthStatus::Expired => "Expired",
-            AuthStatus::Invalid => "Invalid",
-            AuthStatus::ConcurrentTx => "ConcurrentTx",
-        }
-    }
-}
+/// AuthorizationStatus (§7.2), as the bus contract spells it to evse.
+pub use evos_bus::ocpp::AuthorizationStatus as AuthStatus;
 
 /// IdTagInfo (§7.27).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
