@@ -9,9 +9,24 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::TOKEN;
 use harness::csms::{CsmsOptions, OcppStack, Pki, STATION_ID, assert_call_error, iso, now_ms};
+use harness::{OcppOptions, TOKEN};
 use serde_json::{Value, json};
+
+/// Security profile 3 with the test CA as trust store and the given
+/// client identity.
+fn mutual_tls(
+    mut o: OcppOptions,
+    pki: &Pki,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> OcppOptions {
+    o.security_profile = 3;
+    o.ca_file = Some(pki.ca.clone());
+    o.client_cert = Some(cert.to_owned());
+    o.client_key = Some(key.to_owned());
+    o
+}
 
 fn status(v: &Value) -> &str {
     v["status"].as_str().unwrap_or_default()
@@ -431,13 +446,7 @@ async fn security_profile_3_mutual_tls() {
             tls: Some(pki.server(true)),
             ..Default::default()
         },
-        |mut o| {
-            o.security_profile = 3;
-            o.ca_file = Some(pki.ca.clone());
-            o.client_cert = Some(pki.client_cert.clone());
-            o.client_key = Some(pki.client_key.clone());
-            o
-        },
+        |o| mutual_tls(o, &pki, &pki.client_cert, &pki.client_key),
     )
     .await;
     let c = s.csms.wait_connect(0);
@@ -455,13 +464,7 @@ async fn security_profile_3_client_certificate_of_another_ca_is_refused() {
             tls: Some(pki.server(true)),
             ..Default::default()
         },
-        |mut o| {
-            o.security_profile = 3;
-            o.ca_file = Some(pki.ca.clone());
-            o.client_cert = Some(pki.rogue_client_cert.clone());
-            o.client_key = Some(pki.rogue_client_key.clone());
-            o
-        },
+        |o| mutual_tls(o, &pki, &pki.rogue_client_cert, &pki.rogue_client_key),
     )
     .await;
     s.csms.assert_no_line(0, "CONNECT", Duration::from_secs(4));
