@@ -401,9 +401,8 @@ impl Station {
         };
         self.reply_later(id, async move {
             let status = match proxy.unlock().await.as_deref() {
-                Ok("Unlocked") => m::UnlockStatus::Unlocked,
-                Ok("NotSupported") => m::UnlockStatus::NotSupported,
-                Ok(_) => m::UnlockStatus::UnlockFailed,
+                // Evse1 answers with the UnlockStatus names.
+                Ok(status) => status.parse().unwrap_or(m::UnlockStatus::UnlockFailed),
                 Err(e) => {
                     tracing::warn!("unlock: {e}");
                     m::UnlockStatus::UnlockFailed
@@ -488,11 +487,8 @@ impl Station {
                 .await
                 .as_deref()
             {
-                Ok("Accepted") => m::ReservationStatus::Accepted,
-                Ok("Occupied") => m::ReservationStatus::Occupied,
-                Ok("Faulted") => m::ReservationStatus::Faulted,
-                Ok("Unavailable") => m::ReservationStatus::Unavailable,
-                Ok(_) => m::ReservationStatus::Rejected,
+                // Evse1 answers with the ReservationStatus names.
+                Ok(status) => status.parse().unwrap_or(m::ReservationStatus::Rejected),
                 Err(e) => {
                     tracing::warn!("reserve: {e}");
                     m::ReservationStatus::Rejected

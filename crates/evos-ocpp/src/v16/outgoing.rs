@@ -39,17 +39,8 @@ pub fn boot(cfg: &Config) -> m::BootNotificationRequest {
 /// StatusNotification for `evse` (0 = the station) from Evse1's status and
 /// fault strings.
 pub fn status(evse: u32, status: &str, fault: &str, now_ms: i64) -> m::StatusNotificationRequest {
-    let status_enum = match status {
-        "Available" => m::ChargePointStatus::Available,
-        "Preparing" => m::ChargePointStatus::Preparing,
-        "Charging" => m::ChargePointStatus::Charging,
-        "SuspendedEV" => m::ChargePointStatus::SuspendedEV,
-        "SuspendedEVSE" => m::ChargePointStatus::SuspendedEVSE,
-        "Finishing" => m::ChargePointStatus::Finishing,
-        "Reserved" => m::ChargePointStatus::Reserved,
-        "Unavailable" => m::ChargePointStatus::Unavailable,
-        _ => m::ChargePointStatus::Faulted,
-    };
+    // Evse1 speaks the OCPP connector statuses; anything else is a fault.
+    let status_enum = status.parse().unwrap_or(m::ChargePointStatus::Faulted);
     let (error_code, info) = error_code(status_enum, fault);
     m::StatusNotificationRequest {
         connector_id: evse as i32,
@@ -127,20 +118,10 @@ fn wh(v: f64) -> i32 {
 
 /// §7.29 Reason; `Local` is the default and is left out.
 fn reason(stop_reason: &str) -> Option<m::Reason> {
-    use m::Reason as R;
-    Some(match stop_reason {
-        "Local" | "" => return None,
-        "EmergencyStop" => R::EmergencyStop,
-        "EVDisconnected" => R::EVDisconnected,
-        "HardReset" => R::HardReset,
-        "PowerLoss" => R::PowerLoss,
-        "Reboot" => R::Reboot,
-        "Remote" => R::Remote,
-        "SoftReset" => R::SoftReset,
-        "UnlockCommand" => R::UnlockCommand,
-        "DeAuthorized" => R::DeAuthorized,
-        _ => R::Other,
-    })
+    match stop_reason {
+        "Local" | "" => None,
+        other => Some(other.parse().unwrap_or(m::Reason::Other)),
+    }
 }
 
 /// One MeterValue with the configured measurands (§9.1.x
